@@ -22,7 +22,9 @@ DATABASE_URL_ENV = "HYPERCT_DATABASE_URL"
 
 AETitle = Annotated[str, Field(min_length=1, max_length=16, pattern=r"^[\x20-\x5b\x5d-\x7e]+$")]
 Port = Annotated[int, Field(ge=0, le=65535)]
-PositiveSeconds = Annotated[float, Field(gt=0)]
+PositiveSeconds = Annotated[float, Field(gt=0, strict=False)]
+# TOML has no path type: paths arrive as strings.
+PathValue = Annotated[Path, Field(strict=False)]
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 ENHANCED_CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2.1"
@@ -58,7 +60,7 @@ class NodeSettings(_Section):
 
 
 class StorageSettings(_Section):
-    root: Path = Path("var/storage")
+    root: PathValue = Path("var/storage")
     # Below this many free bytes the node answers 0xA700 (out of resources).
     min_free_bytes: Annotated[int, Field(ge=0)] = 1 << 30
 
@@ -76,7 +78,7 @@ class Destination(_Section):
 
 class ModelSettings(_Section):
     # Path to a checkpoint directory or file; empty means the bundled demo model.
-    checkpoint: Path | None = None
+    checkpoint: PathValue | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     batch_size: Annotated[int, Field(ge=1, le=64)] = 2

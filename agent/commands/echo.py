@@ -1,0 +1,33 @@
+"""``hyperct-agent echo DESTINATION``: C-ECHO a configured destination."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from agent.errors import AgentError
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("echo", help="verify a destination with C-ECHO")
+    p.add_argument("destination", help="name of a [[destinations]] entry")
+    p.add_argument("--config", type=Path, help="agent.toml (default: the embedded defaults)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from agent.config import load_settings
+    from agent.logs import configure_logging
+    from agent.send import echo
+
+    settings = load_settings(args.config)
+    configure_logging(settings.logging.level, settings.logging.format)
+    dest = settings.destination(args.destination)
+    code = echo(settings.node, dest)
+    if code != 0:
+        raise AgentError(
+            f"C-ECHO to {dest.name} ({dest.ae_title}@{dest.host}:{dest.port}) failed: {code}"
+        )
+    print(f"C-ECHO to {dest.name} ({dest.ae_title}@{dest.host}:{dest.port}): success")
+    return 0

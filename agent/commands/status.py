@@ -1,0 +1,37 @@
+"""``hyperct-agent status``: what the agent holds, from the database."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("status", help="counts of studies, series, instances, jobs and reports")
+    p.add_argument("--config", type=Path, help="agent.toml (default: the embedded defaults)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from storage.queries import status_counts
+
+    from agent.runtime import open_runtime
+
+    runtime = open_runtime(args.config, migrate=False)
+    try:
+        with runtime.sessions() as session:
+            counts = status_counts(session)
+    finally:
+        runtime.close()
+    if args.json:
+        print(json.dumps(counts, indent=2, sort_keys=True))
+        return 0
+    for key in ("studies", "series", "instances"):
+        print(f"{key:<10} {counts[key]}")
+    for group in ("jobs", "reports"):
+        states = ", ".join(f"{state} {n}" for state, n in counts[group].items())
+        print(f"{group:<10} {states}")
+    return 0

@@ -1,0 +1,207 @@
+"""Event handlers of the DICOM node: the only place with domain logic on the receive path.
+
+Every outcome becomes a DIMSE status; no exception crosses the wire. An
+instance is acknowledged only after its bytes are fsync'd under their final
+name and its row is committed.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Literal
+
+from pynetdicom import evt
+from pynetdicom.events import Event
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+from storage.audit import audit
+from storage.ingest import IngestOutcome, InstanceRecord, record_instance
+
+from agent.logs import get_logger
+from agent.node import status
+from agent.node.header import InvalidIdentifier, UnreadableHeader, read_header
+from storage.files import InstanceStore, OutOfSpace, StagedFile, derived_rel_path
+
+log = get_logger("agent.node")
+
+
+class NodeHandlers:
+    """Handlers bound to one store and one database."""
+
+    def __init__(
+        self,
+        store: InstanceStore,
+        sessions: sessionmaker[Session],
+        on_conflict: Literal["keep_first", "replace"] = "keep_first",
+    ) -> None:
+        self.store = store
+        self.sessions = sessions
+        self.on_conflict = on_conflict
+
+    def bindings(self) -> list[tuple[evt.InterventionEvent | evt.NotificationEvent, object]]:
+        return [
+            (evt.EVT_C_ECHO, self.on_echo),
+            (evt.EVT_C_STORE, self.on_store),
+            (evt.EVT_ACCEPTED, self.on_accepted),
+            (evt.EVT_REJECTED, self.on_rejected),
+            (evt.EVT_ABORTED, self.on_aborted),
+        ]
+
+    # -- associations -------------------------------------------------------
+
+    def on_echo(self, event: Event) -> int:
+        return status.SUCCESS
+
+    def on_accepted(self, event: Event) -> None:
+        assoc = event.assoc
+        log.info(
+            "association accepted",
+            calling_ae=assoc.requestor.ae_title,
+            peer=assoc.requestor.address,
+        )
+        self._audit_safely("association", "accepted", source_ae=assoc.requestor.ae_title)
+
+    def on_rejected(self, event: Event) -> None:
+        assoc = event.assoc
+        log.warning(
+            "association rejected",
+            calling_ae=assoc.requestor.ae_title,
+            called_ae=assoc.acceptor.ae_title,
+            peer=assoc.requestor.address,
+        )
+        self._audit_safely("association", "rejected", source_ae=assoc.requestor.ae_title)
+
+    def on_aborted(self, event: Event) -> None:
+        log.warning("association aborted", calling_ae=event.assoc.requestor.ae_title)
+
+    def _audit_safely(self, event_type: str, outcome: str, **fields: object) -> None:
+        try:
+            with self.sessions.begin() as session:
+                audit(session, event_type, outcome, **fields)
+        except SQLAlchemyError as exc:
+            log.error("audit record not written", error=type(exc).__name__)
+
+    # -- C-STORE --------------------------------------------------------------
+
+    def on_store(self, event: Event) -> int:
+        started = time.perf_counter()
+        calling_ae = event.assoc.requestor.ae_title
+        try:
+            code = self._store(event, calling_ae)
+        except Exception as exc:  # last line of defence: never let an exception out
+            log.error("store failed unexpectedly", error=type(exc).__name__, calling_ae=calling_ae)
+            code = status.PROCESSING_FAILURE
+        log.debug(
+            "store answered",
+            status=f"0x{code:04X}",
+            ms=round(1e3 * (time.perf_counter() - started), 2),
+        )
+        return code
+
+    def _store(self, event: Event, calling_ae: str) -> int:
+        request = event.request
+        encoded = event.encoded_dataset(include_meta=True)
+        dataset_bytes = request.DataSet.getvalue()  # type: ignore[union-attr]
+        try:
+            header = read_header(encoded)
+        except InvalidIdentifier as exc:
+            log.warning("instance refused", reason=str(exc), calling_ae=calling_ae)
+            return status.INVALID_IDENTIFIER
+        except UnreadableHeader as exc:
+            log.warning("instance refused", reason=str(exc), calling_ae=calling_ae)
+            return status.CANNOT_UNDERSTAND
+        if header.sop_instance_uid != request.AffectedSOPInstanceUID:
+            log.warning(
+                "instance refused",
+                reason="SOP Instance UID differs from the command's Affected SOP Instance UID",
+                calling_ae=calling_ae,
+            )
+            self._audit_safely(
+                "instance_rejected",
+                "uid_mismatch",
+                source_ae=calling_ae,
+                study_instance_uid=header.study_instance_uid,
+            )
+            return status.INVALID_IDENTIFIER
+
+        try:
+            staged = self.store.stage(
+                [encoded[: len(encoded) - len(dataset_bytes)], dataset_bytes], dataset_bytes
+            )
+        except OutOfSpace:
+            log.warning("instance refused", reason="storage below free-space watermark")
+            return status.OUT_OF_RESOURCES
+        except OSError as exc:
+            log.error("instance not written", error=exc.strerror or type(exc).__name__)
+            return status.OUT_OF_RESOURCES
+
+        rel_path = derived_rel_path(
+            header.study_instance_uid,
+            header.series_instance_uid,
+            header.sop_instance_uid,
+            staged.sha256,
+        )
+        record = InstanceRecord(
+            study_instance_uid=header.study_instance_uid,
+            series_instance_uid=header.series_instance_uid,
+            sop_instance_uid=header.sop_instance_uid,
+            sop_class_uid=header.sop_class_uid,
+            transfer_syntax_uid=str(event.context.transfer_syntax),
+            modality=header.modality,
+            series_number=header.series_number,
+            series_description=header.series_description,
+            body_part_examined=header.body_part_examined,
+            study_date=header.study_date,
+            instance_number=header.instance_number,
+            image_position=header.image_position,
+            image_orientation=header.image_orientation,
+            pixel_spacing=header.pixel_spacing,
+            slice_thickness=header.slice_thickness,
+            slice_position=header.slice_position,
+            rel_path=rel_path,
+            size_bytes=staged.size,
+            sha256=staged.sha256,
+            calling_ae=calling_ae,
+            received_at=datetime.now(UTC),
+        )
+        return self._commit(staged, record)
+
+    def _commit(self, staged: StagedFile, record: InstanceRecord) -> int:
+        """Record the row and publish the file so that both happen or neither does."""
+        with self.store.lock_for(record.rel_path):
+            session = self.sessions()
+            published = False
+            try:
+                result = record_instance(session, record, on_conflict=self.on_conflict)
+                if result.outcome in (IngestOutcome.STORED, IngestOutcome.CONFLICT_REPLACED):
+                    self.store.publish(staged, record.rel_path)
+                    published = True
+                else:
+                    self.store.discard(staged)
+                session.commit()
+            except OSError as exc:
+                session.rollback()
+                self.store.discard(staged)
+                log.error("instance not written", error=exc.strerror or type(exc).__name__)
+                return status.OUT_OF_RESOURCES
+            except SQLAlchemyError as exc:
+                session.rollback()
+                if published:
+                    self.store.remove(record.rel_path)
+                self.store.discard(staged)
+                log.error("instance not recorded", error=type(exc).__name__)
+                return status.PROCESSING_FAILURE
+            finally:
+                session.close()
+
+        if result.outcome is IngestOutcome.CONFLICT_REPLACED and result.replaced_rel_path:
+            self.store.remove(result.replaced_rel_path)
+        if result.outcome in (IngestOutcome.CONFLICT_KEPT, IngestOutcome.CONFLICT_REPLACED):
+            log.warning(
+                "instance resent with different content",
+                policy=self.on_conflict,
+                outcome=str(result.outcome),
+                calling_ae=record.calling_ae,
+            )
+        return status.SUCCESS

@@ -1,0 +1,157 @@
+"""What the node reads from a received instance's header (never its pixels).
+
+Only identifiers of the study hierarchy and the geometry needed later to
+judge series completeness are read; patient attributes are left alone.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from io import BytesIO
+
+import numpy as np
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+
+# PS3.5 9.1: components of digits separated by '.', no leading zeros, <= 64 chars.
+_UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+
+
+class UnreadableHeader(ValueError):
+    """The dataset cannot be decoded or lacks what every stored instance needs."""
+
+
+class InvalidIdentifier(ValueError):
+    """A UID that is not a valid DICOM UID, or that disagrees with the command set."""
+
+
+def is_valid_uid(uid: str) -> bool:
+    return 0 < len(uid) <= 64 and _UID_RE.match(uid) is not None
+
+
+@dataclass(frozen=True)
+class InstanceHeader:
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    modality: str | None
+    series_number: int | None
+    series_description: str | None
+    body_part_examined: str | None
+    study_date: str | None
+    instance_number: int | None
+    image_position: tuple[float, float, float] | None
+    image_orientation: tuple[float, ...] | None
+    pixel_spacing: tuple[float, float] | None
+    slice_thickness: float | None
+
+    @property
+    def slice_position(self) -> float | None:
+        """Position along the slice normal (row x column direction cosines)."""
+        if self.image_position is None or self.image_orientation is None:
+            return None
+        o = np.asarray(self.image_orientation, dtype=float)
+        normal = np.cross(o[:3], o[3:])
+        return float(np.dot(normal, np.asarray(self.image_position, dtype=float)))
+
+
+def _text(ds: Dataset, keyword: str) -> str | None:
+    value = ds.get(keyword)
+    if value is None or value == "":
+        return None
+    return str(value).strip() or None
+
+
+def _int(ds: Dataset, keyword: str) -> int | None:
+    value = ds.get(keyword)
+    try:
+        return None if value in (None, "") else int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _floats(ds: Dataset | None, keyword: str, n: int) -> tuple[float, ...] | None:
+    if ds is None:
+        return None
+    value = ds.get(keyword)
+    try:
+        floats = tuple(float(v) for v in value)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        return None
+    return floats if len(floats) == n and all(np.isfinite(floats)) else None
+
+
+def _first_item(ds: Dataset, *path: str) -> Dataset | None:
+    """Follow single-item sequences, e.g. a functional group's macro."""
+    node: Dataset | None = ds
+    for keyword in path:
+        seq = node.get(keyword) if node is not None else None
+        if not seq:
+            return None
+        node = seq[0]
+    return node
+
+
+def read_header(encoded: bytes) -> InstanceHeader:
+    """Decode the header of a Part 10 encoded instance (preamble and meta included)."""
+    try:
+        ds = dcmread(BytesIO(encoded), stop_before_pixels=True)
+        header = _from_dataset(ds)
+    except (UnreadableHeader, InvalidIdentifier):
+        raise
+    except Exception as exc:  # pydicom raises many types on malformed input
+        raise UnreadableHeader(f"dataset cannot be decoded ({type(exc).__name__})") from None
+    return header
+
+
+def _from_dataset(ds: Dataset) -> InstanceHeader:
+    uids = {}
+    for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"):
+        value = _text(ds, keyword)
+        if value is None:
+            raise UnreadableHeader(f"{keyword} is missing")
+        if not is_valid_uid(value):
+            raise InvalidIdentifier(f"{keyword} is not a valid UID")
+        uids[keyword] = value
+
+    position = _floats(ds, "ImagePositionPatient", 3)
+    orientation = _floats(ds, "ImageOrientationPatient", 6)
+    spacing = _floats(ds, "PixelSpacing", 2)
+    thickness = _floats(ds, "SliceThickness", 1) if "SliceThickness" in ds else None
+    if "SharedFunctionalGroupsSequence" in ds:  # Enhanced CT: geometry in functional groups
+        shared = _first_item(ds, "SharedFunctionalGroupsSequence")
+        frame = _first_item(ds, "PerFrameFunctionalGroupsSequence")
+        for group in (frame, shared):
+            orientation = orientation or _floats(
+                _first_item(group, "PlaneOrientationSequence") if group else None,
+                "ImageOrientationPatient",
+                6,
+            )
+            position = position or _floats(
+                _first_item(group, "PlanePositionSequence") if group else None,
+                "ImagePositionPatient",
+                3,
+            )
+            measures = _first_item(group, "PixelMeasuresSequence") if group else None
+            spacing = spacing or _floats(measures, "PixelSpacing", 2)
+            if thickness is None and measures is not None and "SliceThickness" in measures:
+                thickness = _floats(measures, "SliceThickness", 1)
+
+    return InstanceHeader(
+        study_instance_uid=uids["StudyInstanceUID"],
+        series_instance_uid=uids["SeriesInstanceUID"],
+        sop_instance_uid=uids["SOPInstanceUID"],
+        sop_class_uid=uids["SOPClassUID"],
+        modality=_text(ds, "Modality"),
+        series_number=_int(ds, "SeriesNumber"),
+        series_description=_text(ds, "SeriesDescription"),
+        body_part_examined=_text(ds, "BodyPartExamined"),
+        study_date=_text(ds, "StudyDate"),
+        instance_number=_int(ds, "InstanceNumber"),
+        image_position=position,  # type: ignore[arg-type]
+        image_orientation=orientation,
+        pixel_spacing=spacing,  # type: ignore[arg-type]
+        slice_thickness=thickness[0] if thickness else None,
+    )

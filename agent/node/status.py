@@ -1,0 +1,12 @@
+"""DIMSE status codes the node answers with (PS3.4 Annex B.2.3, PS3.7 Annex C)."""
+
+SUCCESS = 0x0000
+#: Refused: out of resources (disk full, storage watermark, write error).
+OUT_OF_RESOURCES = 0xA700
+#: Error: cannot understand (the dataset does not decode or lacks required UIDs).
+CANNOT_UNDERSTAND = 0xC210
+#: Error: processing failure (the database did not record the instance).
+PROCESSING_FAILURE = 0xC211
+#: Error: invalid identifiers (a UID that is not a UID, or that disagrees with the
+#: command's Affected SOP Instance UID). Within the implementation-specific C000-CFFF range.
+INVALID_IDENTIFIER = 0xC212

@@ -1,0 +1,33 @@
+"""Outgoing associations (SCU) to configured destinations."""
+
+from __future__ import annotations
+
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification
+
+from agent.config import Destination, NodeSettings
+from agent.logs import quiet_pynetdicom
+
+
+def _scu(node: NodeSettings) -> AE:
+    quiet_pynetdicom()
+    ae = AE(ae_title=node.ae_title)
+    ae.acse_timeout = node.timeouts.acse
+    ae.dimse_timeout = node.timeouts.dimse
+    ae.network_timeout = node.timeouts.network
+    ae.connection_timeout = node.timeouts.connection
+    return ae
+
+
+def echo(node: NodeSettings, dest: Destination) -> str | int:
+    """C-ECHO ``dest``; 0 on success, else the status or a short reason."""
+    ae = _scu(node)
+    ae.add_requested_context(Verification)
+    assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
+    if not assoc.is_established:
+        return "association not established"
+    try:
+        rsp = assoc.send_c_echo()
+        return int(rsp.Status) if "Status" in rsp else "no response"
+    finally:
+        assoc.release()

@@ -1,0 +1,121 @@
+"""Received instances on disk: durable writes under names the agent derives.
+
+A file name never comes from a UID verbatim (path traversal through crafted
+UIDs is a known hole in DICOM receivers): every path component is a hash.
+Bytes go to ``<root>/.tmp`` first, are fsync'd, and only then renamed into
+``<root>/instances/...``; ``.tmp`` sits on the same file system so the rename
+is atomic, and anything left there by a crash is swept at start.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import threading
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+_TMP = ".tmp"
+_INSTANCES = "instances"
+
+
+class OutOfSpace(OSError):
+    """Free space is below the configured watermark."""
+
+
+def _digest(text: str, n: int) -> str:
+    return hashlib.sha256(text.encode("ascii", "replace")).hexdigest()[:n]
+
+
+def derived_rel_path(study_uid: str, series_uid: str, sop_uid: str, sha256: str) -> str:
+    """Storage path of an instance, relative to the root; content-addressed per SOP UID.
+
+    The content hash is part of the name so that a different payload under a
+    known SOP Instance UID never overwrites the file already recorded.
+    """
+    return (
+        f"{_INSTANCES}/{_digest(study_uid, 16)}/{_digest(series_uid, 16)}/"
+        f"{_digest(sop_uid, 32)}-{sha256[:16]}.dcm"
+    )
+
+
+@dataclass(frozen=True)
+class StagedFile:
+    """An fsync'd temporary file waiting to be committed under its final name."""
+
+    tmp_path: Path
+    sha256: str
+    size: int
+
+
+class InstanceStore:
+    def __init__(self, root: Path, min_free_bytes: int = 0) -> None:
+        self.root = root
+        self.min_free_bytes = min_free_bytes
+        self._tmp = root / _TMP
+        # Renames and their database commits for the same final name are
+        # serialised, so a failing commit never removes a file another
+        # association has just recorded.
+        self._locks = [threading.Lock() for _ in range(64)]
+
+    def prepare(self) -> int:
+        """Create the directories and sweep temp files a crash left; returns how many."""
+        (self.root / _INSTANCES).mkdir(parents=True, exist_ok=True)
+        self._tmp.mkdir(parents=True, exist_ok=True)
+        swept = 0
+        for leftover in self._tmp.iterdir():
+            leftover.unlink(missing_ok=True)
+            swept += 1
+        return swept
+
+    def free_bytes(self) -> int:
+        return shutil.disk_usage(self.root).free
+
+    def check_space(self, incoming: int) -> None:
+        if self.free_bytes() - incoming < self.min_free_bytes:
+            raise OutOfSpace("free space below the storage watermark")
+
+    def stage(self, chunks: list[bytes], hashed: bytes) -> StagedFile:
+        """Write ``chunks`` to a temp file and fsync it; ``hashed`` identifies the payload."""
+        size = sum(len(c) for c in chunks)
+        self.check_space(size)
+        tmp = self._tmp / f"{uuid.uuid4().hex}.part"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        try:
+            with os.fdopen(fd, "wb", buffering=0) as fh:
+                for chunk in chunks:
+                    fh.write(chunk)
+                os.fsync(fh.fileno())
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return StagedFile(tmp, hashlib.sha256(hashed).hexdigest(), size)
+
+    def lock_for(self, rel_path: str) -> threading.Lock:
+        return self._locks[hash(rel_path) % len(self._locks)]
+
+    def publish(self, staged: StagedFile, rel_path: str) -> Path:
+        """Atomically move a staged file to its final name and make the rename durable."""
+        final = self.path_of(rel_path)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staged.tmp_path, final)
+        dir_fd = os.open(final.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        return final
+
+    def discard(self, staged: StagedFile) -> None:
+        staged.tmp_path.unlink(missing_ok=True)
+
+    def remove(self, rel_path: str) -> None:
+        self.path_of(rel_path).unlink(missing_ok=True)
+
+    def path_of(self, rel_path: str) -> Path:
+        path = (self.root / rel_path).resolve()
+        if not path.is_relative_to(self.root.resolve()):
+            raise ValueError("path escapes the storage root")
+        return path
