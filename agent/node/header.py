@@ -76,6 +76,12 @@ def _floats(ds: Dataset | None, keyword: str, n: int) -> tuple[float, ...] | Non
     if ds is None:
         return None
     value = ds.get(keyword)
+    if (
+        value is not None
+        and not isinstance(value, (list, tuple))
+        and not hasattr(value, "__iter__")
+    ):
+        value = [value]
     try:
         floats = tuple(float(v) for v in value)  # type: ignore[union-attr]
     except (TypeError, ValueError):
