@@ -116,8 +116,9 @@ def sqlite_engine(tmp_path: Path) -> Iterator[Engine]:
 
 
 @pytest.fixture
-def node(tmp_path: Path, sqlite_engine: Engine) -> Iterator[NodeUnderTest]:
-    running = start_test_node(tmp_path, sqlite_engine)
+def node(tmp_path: Path, engine: Engine) -> Iterator[NodeUnderTest]:
+    """A node on each database backend (the shared ``engine`` fixture is parametrised)."""
+    running = start_test_node(tmp_path, engine)
     yield running
     running.node.stop()
 
