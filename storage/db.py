@@ -7,9 +7,9 @@ caller gets the same guarantees:
 * SQLite: WAL journal (readers never block the writer), foreign keys enforced,
   ``synchronous=FULL`` (the DICOM node answers C-STORE success only after the
   commit, so a commit must survive power loss, not only a crash), a busy
-  timeout, and transactions that start with ``BEGIN IMMEDIATE`` so a
-  transaction that reads and then writes never fails with SQLITE_BUSY on lock
-  upgrade.
+  timeout, and writer sessions whose transactions start with
+  ``BEGIN IMMEDIATE`` so one that reads and then writes never fails with
+  SQLITE_BUSY on lock upgrade (see :func:`make_session_factory`).
 * PostgreSQL: ``postgresql://`` is taken to mean psycopg 3, with a short
   connect timeout and a pre-ping so a restarted server costs one retry, not an
   error.
@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
@@ -38,16 +38,13 @@ from storage.errors import SchemaOutOfDate, StorageError
 
 SQLITE_BUSY_TIMEOUT_S = 30.0
 PG_CONNECT_TIMEOUT_S = 5
+# Execution option naming how a SQLite transaction begins ("immediate" or "deferred").
+_BEGIN_OPTION = "hyperct_sqlite_begin"
 # Serialises concurrent `upgrade` calls from several agents on one PostgreSQL database.
 _PG_MIGRATION_LOCK_KEY = 0x48435441  # "HCTA"
 
 
-def make_engine(
-    url: str | URL,
-    *,
-    sqlite_begin: Literal["immediate", "deferred"] = "immediate",
-    **kwargs: Any,
-) -> Engine:
+def make_engine(url: str | URL, **kwargs: Any) -> Engine:
     """Create an engine for ``url`` with the agent's durability settings.
 
     ``kwargs`` pass through to :func:`sqlalchemy.create_engine`. Nothing is
@@ -56,7 +53,7 @@ def make_engine(
     parsed = _parse_url(url)
     backend = parsed.get_backend_name()
     if backend == "sqlite":
-        return _sqlite_engine(parsed, sqlite_begin, kwargs)
+        return _sqlite_engine(parsed, kwargs)
     if backend == "postgresql":
         return _postgresql_engine(parsed, kwargs)
     raise StorageError(
@@ -64,10 +61,20 @@ def make_engine(
     )
 
 
-def make_session_factory(engine: Engine) -> sessionmaker[Session]:
+def make_session_factory(engine: Engine, *, read_only: bool = False) -> sessionmaker[Session]:
+    """Sessions for writers (the default) or for readers (status, dashboards).
+
+    On SQLite a writer's transaction starts with ``BEGIN IMMEDIATE``: it takes
+    the write lock up front (waiting up to the busy timeout) so a transaction
+    that reads and then writes cannot fail on lock upgrade. The price is that a
+    writer session holding a transaction open blocks every other writer: keep
+    them short (never across inference or network I/O). Readers start with a
+    plain ``BEGIN`` and, under WAL, never block or wait for the writer.
+    """
+    bind = engine.execution_options(**{_BEGIN_OPTION: "deferred" if read_only else "immediate"})
     # expire_on_commit=False: the node reads back ids and outcomes after commit
     # without another round trip.
-    return sessionmaker(engine, expire_on_commit=False)
+    return sessionmaker(bind, expire_on_commit=False)
 
 
 def ping(engine: Engine) -> None:
@@ -121,7 +128,7 @@ def upgrade(engine: Engine, script_location: Path, revision: str = "head") -> st
     """
     cfg = alembic_config(script_location)
     with storage_errors(engine):
-        with engine.begin() as conn:
+        with engine.execution_options(**{_BEGIN_OPTION: "immediate"}).begin() as conn:
             if conn.dialect.name == "postgresql":
                 # Two agents starting at once against one database: the second
                 # waits here and then finds nothing left to do.
@@ -153,7 +160,7 @@ def check_at_head(engine: Engine, script_location: Path) -> None:
 # -- backends ----------------------------------------------------------------
 
 
-def _sqlite_engine(url: URL, begin: str, kwargs: dict[str, Any]) -> Engine:
+def _sqlite_engine(url: URL, kwargs: dict[str, Any]) -> Engine:
     database = url.database or ""
     in_memory = database in ("", ":memory:") or database.startswith("file:")
     if not in_memory:
@@ -166,7 +173,6 @@ def _sqlite_engine(url: URL, begin: str, kwargs: dict[str, Any]) -> Engine:
             ) from exc
     connect_args = {"timeout": SQLITE_BUSY_TIMEOUT_S, **kwargs.pop("connect_args", {})}
     engine = create_engine(url, connect_args=connect_args, **kwargs)
-    begin_sql = "BEGIN IMMEDIATE" if begin == "immediate" else "BEGIN"
     busy_ms = int(float(connect_args["timeout"]) * 1000)
 
     @event.listens_for(engine, "connect")
@@ -185,7 +191,8 @@ def _sqlite_engine(url: URL, begin: str, kwargs: dict[str, Any]) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql(begin_sql)
+        immediate = conn.get_execution_options().get(_BEGIN_OPTION) == "immediate"
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
     return engine
 

@@ -1,0 +1,381 @@
+"""Recording received instances: study, series, instance, series bookkeeping, job.
+
+The DICOM node calls :func:`record_instance` once per received instance, after
+the file is durably written and before it answers C-STORE (PS3.4 B.2.3): the
+caller commits, and only then reports success. The function only flushes.
+
+Concurrency: several associations (and, on PostgreSQL, several agent
+processes) record instances at once. Studies, series, instances and jobs are
+created with ``INSERT ... ON CONFLICT DO NOTHING``, so two sessions creating the
+same row never fail; the one that loses waits for the winner's commit and then
+sees the row. The series row is locked (``SELECT ... FOR NO KEY UPDATE``) before its
+bookkeeping is updated, and the instance count is incremented in SQL, so
+concurrent instances of one series never lose an update. On SQLite the
+engine's ``BEGIN IMMEDIATE`` serialises writers instead.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Literal
+
+from sqlalchemy import Float, Table, case, literal, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from storage.audit import audit
+from storage.errors import InvalidRecord, StorageError
+from storage.models import Base, JobState
+from storage.types import UTCDateTime, utcnow
+
+# Image Orientation (Patient) direction cosines that differ by less than this
+# are the same orientation (PS3.3 C.7.6.2.1.1: values are unit vectors).
+ORIENTATION_TOLERANCE = 1e-4
+
+# PS3.5 9.1 allows only digits and dots; accept any visible ASCII so a sloppy
+# sender's UID is still recorded, but never more than the column holds.
+_UID_RE = re.compile(r"^[\x21-\x7e]{1,64}$")
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+_studies: Table = Base.metadata.tables["studies"]
+_series: Table = Base.metadata.tables["series"]
+_instances: Table = Base.metadata.tables["instances"]
+_jobs: Table = Base.metadata.tables["jobs"]
+
+
+class IngestOutcome(StrEnum):
+    STORED = "stored"  # a new instance row
+    DUPLICATE = "duplicate"  # same SOP Instance UID, same bytes: nothing changed
+    CONFLICT_KEPT = "conflict_kept"  # same UID, other bytes: the first payload stays
+    CONFLICT_REPLACED = "conflict_replaced"  # same UID, other bytes: the row now names the new file
+
+
+@dataclass(frozen=True)
+class InstanceRecord:
+    """What the node knows about one received instance, ready to record.
+
+    ``slice_position`` is Image Position (Patient) projected on the slice
+    normal (row x column direction cosines), computed by the caller.
+    ``rel_path`` is relative to the storage root and derived by the agent.
+    Descriptive strings longer than their column are cut to fit; UIDs that are
+    not valid (PS3.5 9.1) raise InvalidRecord.
+    """
+
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    modality: str | None
+    series_number: int | None
+    series_description: str | None
+    body_part_examined: str | None
+    study_date: str | None
+    instance_number: int | None
+    image_position: tuple[float, ...] | None
+    image_orientation: tuple[float, ...] | None
+    pixel_spacing: tuple[float, ...] | None
+    slice_thickness: float | None
+    slice_position: float | None
+    rel_path: str
+    size_bytes: int
+    sha256: str
+    calling_ae: str | None
+    received_at: datetime
+
+    def __post_init__(self) -> None:
+        for name in (
+            "study_instance_uid",
+            "series_instance_uid",
+            "sop_instance_uid",
+            "sop_class_uid",
+            "transfer_syntax_uid",
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not _UID_RE.match(value):
+                raise InvalidRecord(f"{name} is not a valid UID: {str(value)[:80]!r}")
+        for name, n in (("image_position", 3), ("image_orientation", 6), ("pixel_spacing", 2)):
+            value = getattr(self, name)
+            if value is not None and (len(value) != n or not all(map(_finite, value))):
+                raise InvalidRecord(f"{name} must be {n} finite numbers, got {value!r}")
+        for name in ("slice_thickness", "slice_position"):
+            value = getattr(self, name)
+            if value is not None and not _finite(value):
+                raise InvalidRecord(f"{name} must be a finite number, got {value!r}")
+        if not _SHA256_RE.match(self.sha256):
+            raise InvalidRecord("sha256 must be 64 lowercase hex digits")
+        if not self.rel_path or self.rel_path.startswith("/") or ".." in self.rel_path.split("/"):
+            raise InvalidRecord(f"rel_path must be relative inside the root: {self.rel_path!r}")
+        if self.size_bytes < 0:
+            raise InvalidRecord("size_bytes must not be negative")
+        if self.received_at.tzinfo is None:
+            raise InvalidRecord("received_at must be timezone-aware")
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    outcome: IngestOutcome
+    instance_id: int
+    series_id: int
+    # The path the instance row names after this call. When it differs from
+    # the record's rel_path (DUPLICATE under another name, CONFLICT_KEPT), the
+    # newly written file is not referenced and the caller may delete it.
+    stored_rel_path: str
+    # CONFLICT_REPLACED only: the file the row named before; the caller
+    # deletes it after the commit succeeds.
+    replaced_rel_path: str | None = None
+
+
+def record_instance(
+    session: Session,
+    rec: InstanceRecord,
+    on_conflict: Literal["keep_first", "replace"] = "keep_first",
+) -> IngestResult:
+    """Record one received instance; flush, do not commit.
+
+    A new SOP Instance UID is STORED and updates its series' bookkeeping
+    (count, receive times, slice extent, geometry) and creates the series' job
+    in state ``receiving`` if it has none. A job already past ``receiving`` is
+    left as it is: what a late instance means is the pipeline's decision.
+    A known SOP Instance UID with the same sha256 is a DUPLICATE (no change);
+    with another sha256 it is a conflict, resolved by ``on_conflict`` and
+    recorded as an ``instance_conflict`` audit event.
+    """
+    if on_conflict not in ("keep_first", "replace"):
+        raise ValueError(f"on_conflict must be 'keep_first' or 'replace', not {on_conflict!r}")
+    insert = _insert_for(session)
+
+    existing = _existing_instance(session, rec, lock=on_conflict == "replace")
+    if existing is not None:
+        return _known_instance(session, rec, on_conflict, existing)
+
+    series_id = _series_id(session, rec, insert)
+    instance_id = session.scalar(
+        insert(_instances)
+        .values(
+            series_id=series_id,
+            sop_instance_uid=rec.sop_instance_uid,
+            sop_class_uid=rec.sop_class_uid,
+            transfer_syntax_uid=rec.transfer_syntax_uid,
+            instance_number=rec.instance_number,
+            image_position=_floats(rec.image_position),
+            slice_position=rec.slice_position,
+            rel_path=rec.rel_path,
+            size_bytes=rec.size_bytes,
+            sha256=rec.sha256,
+            calling_ae=_fit(rec.calling_ae, 16),
+            received_at=rec.received_at,
+        )
+        .on_conflict_do_nothing(index_elements=["sop_instance_uid"])
+        .returning(_instances.c.id)
+    )
+    if instance_id is None:
+        # Another session recorded this SOP instance between our look-up and
+        # our insert (and has committed: ON CONFLICT waited for it).
+        existing = _existing_instance(session, rec, lock=on_conflict == "replace")
+        if existing is None:
+            raise StorageError(f"instance {rec.sop_instance_uid} vanished while recording it")
+        return _known_instance(session, rec, on_conflict, existing)
+
+    _update_series(session, series_id, rec)
+    session.execute(
+        insert(_jobs)
+        .values(series_id=series_id, state=JobState.RECEIVING)
+        .on_conflict_do_nothing(index_elements=["series_id"])
+    )
+    session.flush()
+    return IngestResult(IngestOutcome.STORED, instance_id, series_id, rec.rel_path)
+
+
+# -- steps -------------------------------------------------------------------
+
+
+def _existing_instance(session: Session, rec: InstanceRecord, *, lock: bool) -> Any:
+    stmt = select(
+        _instances.c.id, _instances.c.series_id, _instances.c.sha256, _instances.c.rel_path
+    ).where(_instances.c.sop_instance_uid == rec.sop_instance_uid)
+    if lock:
+        stmt = stmt.with_for_update()
+    return session.execute(stmt).one_or_none()
+
+
+def _known_instance(
+    session: Session, rec: InstanceRecord, on_conflict: str, existing: Any
+) -> IngestResult:
+    if existing.sha256 == rec.sha256:
+        return IngestResult(
+            IngestOutcome.DUPLICATE, existing.id, existing.series_id, existing.rel_path
+        )
+
+    detail = {
+        "policy": on_conflict,
+        "recorded_sha256": existing.sha256,
+        "received_sha256": rec.sha256,
+        "received_size_bytes": rec.size_bytes,
+        "received_transfer_syntax_uid": rec.transfer_syntax_uid,
+    }
+    if on_conflict == "keep_first":
+        outcome, stored, replaced = IngestOutcome.CONFLICT_KEPT, existing.rel_path, None
+    else:
+        session.execute(
+            update(_instances)
+            .where(_instances.c.id == existing.id)
+            .values(
+                rel_path=rec.rel_path,
+                sha256=rec.sha256,
+                size_bytes=rec.size_bytes,
+                transfer_syntax_uid=rec.transfer_syntax_uid,
+                received_at=rec.received_at,
+                calling_ae=_fit(rec.calling_ae, 16),
+            )
+        )
+        outcome, stored, replaced = (
+            IngestOutcome.CONFLICT_REPLACED,
+            rec.rel_path,
+            existing.rel_path,
+        )
+    audit(
+        session,
+        "instance_conflict",
+        outcome.value,
+        source_ae=_fit(rec.calling_ae, 16),
+        study_instance_uid=rec.study_instance_uid,
+        series_instance_uid=rec.series_instance_uid,
+        sop_instance_uid=rec.sop_instance_uid,
+        detail=detail,
+    )
+    session.flush()
+    return IngestResult(outcome, existing.id, existing.series_id, stored, replaced)
+
+
+def _series_id(session: Session, rec: InstanceRecord, insert: Any) -> int:
+    """The id of the instance's series, creating the study and series if needed."""
+    series_id = session.scalar(
+        select(_series.c.id).where(_series.c.series_instance_uid == rec.series_instance_uid)
+    )
+    if series_id is not None:
+        return int(series_id)
+    now = utcnow()
+    session.execute(
+        insert(_studies)
+        .values(
+            study_instance_uid=rec.study_instance_uid,
+            study_date=_fit(rec.study_date, 16),
+            created_at=now,
+            updated_at=now,
+        )
+        .on_conflict_do_nothing(index_elements=["study_instance_uid"])
+    )
+    study_id = session.scalar(
+        select(_studies.c.id).where(_studies.c.study_instance_uid == rec.study_instance_uid)
+    )
+    session.execute(
+        insert(_series)
+        .values(
+            study_id=study_id,
+            series_instance_uid=rec.series_instance_uid,
+            modality=_fit(rec.modality, 16),
+            series_number=rec.series_number,
+            series_description=_fit(rec.series_description, 64),
+            body_part_examined=_fit(rec.body_part_examined, 16),
+        )
+        .on_conflict_do_nothing(index_elements=["series_instance_uid"])
+    )
+    series_id = session.scalar(
+        select(_series.c.id).where(_series.c.series_instance_uid == rec.series_instance_uid)
+    )
+    if series_id is None:
+        raise StorageError(f"series {rec.series_instance_uid} vanished while recording it")
+    return int(series_id)
+
+
+def _update_series(session: Session, series_id: int, rec: InstanceRecord) -> None:
+    """Count the new instance and fold its geometry into the series row."""
+    geometry = session.execute(
+        select(
+            _series.c.image_orientation,
+            _series.c.orientation_consistent,
+            _series.c.pixel_spacing,
+            _series.c.slice_thickness,
+        )
+        .where(_series.c.id == series_id)
+        # FOR NO KEY UPDATE, not FOR UPDATE: every instance and job insert
+        # takes FOR KEY SHARE on its series through the foreign key, and FOR
+        # UPDATE conflicts with that, so two sessions that each inserted an
+        # instance of this series would deadlock waiting for each other.
+        .with_for_update(key_share=True)
+    ).one()
+
+    t = literal(rec.received_at, UTCDateTime())
+    first, last = _series.c.first_received_at, _series.c.last_received_at
+    values: dict[str, Any] = {
+        "instance_count": _series.c.instance_count + 1,
+        "first_received_at": case((first.is_(None), t), (first > t, t), else_=first),
+        "last_received_at": case((last.is_(None), t), (last < t, t), else_=last),
+    }
+    if rec.slice_position is not None:
+        p = literal(rec.slice_position, Float())
+        lo, hi = _series.c.min_slice_position, _series.c.max_slice_position
+        values["min_slice_position"] = case((lo.is_(None), p), (lo > p, p), else_=lo)
+        values["max_slice_position"] = case((hi.is_(None), p), (hi < p, p), else_=hi)
+    if rec.image_orientation is not None:
+        if geometry.image_orientation is None:
+            values["image_orientation"] = _floats(rec.image_orientation)
+        elif geometry.orientation_consistent and not same_orientation(
+            geometry.image_orientation, rec.image_orientation
+        ):
+            values["orientation_consistent"] = False
+    if rec.pixel_spacing is not None and geometry.pixel_spacing is None:
+        values["pixel_spacing"] = _floats(rec.pixel_spacing)
+    if rec.slice_thickness is not None and geometry.slice_thickness is None:
+        values["slice_thickness"] = rec.slice_thickness
+    session.execute(update(_series).where(_series.c.id == series_id).values(**values))
+
+
+# -- helpers -----------------------------------------------------------------
+
+
+def same_orientation(a: Sequence[float], b: Sequence[float]) -> bool:
+    """Whether two Image Orientation (Patient) values agree within the tolerance."""
+    return len(a) == len(b) and all(
+        abs(float(x) - float(y)) <= ORIENTATION_TOLERANCE for x, y in zip(a, b, strict=True)
+    )
+
+
+def _insert_for(session: Session) -> Any:
+    name = session.get_bind().dialect.name
+    if name == "postgresql":
+        return postgresql.insert
+    if name == "sqlite":
+        return sqlite.insert
+    raise StorageError(f"unsupported database dialect {name!r}")
+
+
+def _floats(values: Sequence[float] | None) -> list[float] | None:
+    return None if values is None else [float(v) for v in values]
+
+
+def _finite(value: Any) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def _fit(value: str | None, n: int) -> str | None:
+    return None if value is None else value[:n]
+
+
+__all__ = [
+    "IngestOutcome",
+    "IngestResult",
+    "InstanceRecord",
+    "ORIENTATION_TOLERANCE",
+    "record_instance",
+    "same_orientation",
+]

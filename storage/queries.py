@@ -1,0 +1,32 @@
+"""Read-only summaries for the CLI and dashboards."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from storage.models import Instance, Job, JobState, Report, ReportState, Series, Study
+
+
+def status_counts(session: Session) -> dict[str, Any]:
+    """Counts for ``hyperct-agent status``: every job and report state present, 0 if none.
+
+    ``{"studies": int, "series": int, "instances": int,
+    "jobs": {state: int, ...}, "reports": {state: int, ...}}``
+    """
+    counts: dict[str, Any] = {
+        "studies": session.scalar(select(func.count()).select_from(Study)) or 0,
+        "series": session.scalar(select(func.count()).select_from(Series)) or 0,
+        "instances": session.scalar(select(func.count()).select_from(Instance)) or 0,
+    }
+    jobs = {state.value: 0 for state in JobState}
+    for state, n in session.execute(select(Job.state, func.count()).group_by(Job.state)):
+        jobs[JobState(state).value] = n
+    reports = {state.value: 0 for state in ReportState}
+    for state, n in session.execute(select(Report.state, func.count()).group_by(Report.state)):
+        reports[ReportState(state).value] = n
+    counts["jobs"] = jobs
+    counts["reports"] = reports
+    return counts
