@@ -26,6 +26,7 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -118,7 +119,8 @@ class HUVolume:
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        return self.array.shape  # type: ignore[return-value]
+        slices, rows, columns = self.array.shape
+        return slices, rows, columns
 
     def reoriented(self, orientation: str) -> HUVolume:
         """The same voxels with axes permuted/flipped into ``orientation`` (no resampling)."""
@@ -351,7 +353,7 @@ def _enhanced_frames(ds: Dataset, label: str, rows: int, columns: int) -> list[_
             cache.append(decoded.reshape(count, rows, columns) if decoded.ndim == 2 else decoded)
         return cache[0][k]
 
-    def attr(groups: Dataset, sequence: str, keyword: str, where: str) -> object:
+    def attr(groups: Dataset, sequence: str, keyword: str, where: str) -> Any:
         # A functional group sits either in the frame's item or in the shared item.
         for item in (groups, shared):
             seq = item.get(sequence)
@@ -378,10 +380,10 @@ def _enhanced_frames(ds: Dataset, label: str, rows: int, columns: int) -> list[_
                 ),
                 rows=rows,
                 columns=columns,
-                slope=float(  # type: ignore[arg-type]
+                slope=float(
                     attr(groups, "PixelValueTransformationSequence", "RescaleSlope", where)
                 ),
-                intercept=float(  # type: ignore[arg-type]
+                intercept=float(
                     attr(groups, "PixelValueTransformationSequence", "RescaleIntercept", where)
                 ),
                 pixels=lambda k=k: frame_pixels(k),  # type: ignore[misc]
@@ -390,7 +392,7 @@ def _enhanced_frames(ds: Dataset, label: str, rows: int, columns: int) -> list[_
     return frames
 
 
-def _required(ds: Dataset, keyword: str, label: str) -> object:
+def _required(ds: Dataset, keyword: str, label: str) -> Any:
     value = ds.get(keyword)
     if value is None or value == "":
         raise PreprocessError(f"{label} lacks {keyword}")
@@ -457,7 +459,7 @@ def _reorient(
             flips.append(target_axis)
     result = array.transpose(transpose)
     if flips:
-        result = np.flip(result, axis=flips)
+        result = np.flip(result, axis=tuple(flips))
     new_spacing = tuple(float(spacing[i]) for i in transpose)
     return result, new_spacing  # type: ignore[return-value]
 

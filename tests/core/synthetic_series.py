@@ -18,6 +18,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import (
     PYDICOM_IMPLEMENTATION_UID,
+    UID,
     CTImageStorage,
     EnhancedCTImageStorage,
     ExplicitVRLittleEndian,
@@ -59,7 +60,7 @@ def reference_volume(grid: Grid, phantom: Phantom | None = None) -> np.ndarray:
     return phantom(x, y, z).astype(np.float32)
 
 
-def _unit_axis(vector: Sequence[float]) -> tuple[int, int]:
+def _unit_axis(vector: Sequence[float] | np.ndarray) -> tuple[int, int]:
     v = np.asarray(vector, dtype=float)
     axis = int(np.argmax(np.abs(v)))
     assert np.count_nonzero(v) == 1 and abs(v[axis]) == 1.0, "axis-aligned cosines only"
@@ -95,7 +96,7 @@ def _stored(hu: np.ndarray, slope: float, intercept: float, dtype: type) -> np.n
 
 def _base(sop_class: str, series_uid: str, study_uid: str) -> Dataset:
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPClassUID = UID(sop_class)
     meta.MediaStorageSOPInstanceUID = generate_uid()
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID

@@ -232,7 +232,7 @@ BAD_SERIES: dict[str, tuple[Callable[[], list[Dataset]], str]] = {
     ),
     "truncated pixel data": (_truncated_pixels, "cannot decode pixel data of dataset 0"),
     "enhanced frame count": (_enhanced_wrong_frame_count, "NumberOfFrames 5 and 12 per-frame"),
-    "not a dataset": (lambda: [42, 43], "item 0 of the series is a int"),
+    "not a dataset": (lambda: [42, 43], "item 0 of the series is a int"),  # type: ignore[list-item]
 }
 
 
