@@ -21,12 +21,14 @@ def status_counts(session: Session) -> dict[str, Any]:
         "series": session.scalar(select(func.count()).select_from(Series)) or 0,
         "instances": session.scalar(select(func.count()).select_from(Instance)) or 0,
     }
-    jobs = {state.value: 0 for state in JobState}
-    for state, n in session.execute(select(Job.state, func.count()).group_by(Job.state)):
-        jobs[JobState(state).value] = n
-    reports = {state.value: 0 for state in ReportState}
-    for state, n in session.execute(select(Report.state, func.count()).group_by(Report.state)):
-        reports[ReportState(state).value] = n
+    jobs = {s.value: 0 for s in JobState}
+    for job_state, n in session.execute(select(Job.state, func.count()).group_by(Job.state)):
+        jobs[JobState(job_state).value] = n
+    reports = {s.value: 0 for s in ReportState}
+    for report_state, n in session.execute(
+        select(Report.state, func.count()).group_by(Report.state)
+    ):
+        reports[ReportState(report_state).value] = n
     counts["jobs"] = jobs
     counts["reports"] = reports
     return counts

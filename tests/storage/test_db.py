@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -29,7 +30,7 @@ from storage.models import AuditEvent, Base, Instance, Job, Series, Study
 TABLES = {"studies", "series", "instances", "jobs", "results", "reports", "audit_events"}
 
 
-def _diff(engine: Engine) -> list[object]:
+def _diff(engine: Engine) -> list[Any]:
     with engine.connect() as conn:
         ctx = MigrationContext.configure(
             conn, opts={"compare_type": True, "compare_server_default": True}
