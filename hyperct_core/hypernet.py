@@ -8,8 +8,8 @@ Layout (HyperCT spec, "Hypernetwork"):
 * mixer, two pre-norm residual blocks, output projection to ``head_input_size``
 * one head per module type, shared across depths: Linear(head_input_size,
   r * (d_in + d_out)); the first r * d_in outputs are A viewed (r, d_in), the rest B
-  viewed (d_out, r). Head weights N(0, 0.01); A-part of the bias N(0, 0.01), B-part 0,
-  so B starts at zero and the adapted backbone starts as the frozen one.
+  viewed (d_out, r). Head weights N(0, 0.01); A-part of the bias N(0, 0.01), B-part 0
+  (so B starts small but, through the head weights, not exactly zero).
 """
 
 from __future__ import annotations

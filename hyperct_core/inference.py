@@ -51,6 +51,9 @@ from hyperct_core.model import HyperCT, flatten_batch, segment_mean
 __all__ = ["Predictor", "load_predictor", "resolve_device", "resolve_dtype"]
 
 STRATEGIES = ("merge", "lowrank")
+# bf16 is used only where probabilities stay this close to fp32 (HyperCT spec).
+BF16_TOLERANCE = 0.01
+BF16_PROBE_IMAGES = 2
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -96,7 +99,6 @@ class Predictor:
     ) -> None:
         self.card = card
         self.device = resolve_device(device)
-        self.dtype = resolve_dtype(dtype, self.device)
         if strategy == "auto":
             strategy = "merge" if self.device.type == "cpu" else "lowrank"
         if strategy not in STRATEGIES:
@@ -104,23 +106,56 @@ class Predictor:
         self.strategy = strategy
         self.images_per_pass = int(images_per_pass)
         model = copy.deepcopy(model) if copy_model else model
-        model = model.eval().to(self.device)
+        self.model = model.eval().to(self.device)
         self.scale = model.config.lora_scale
         self.num_tasks = model.config.hypernet.num_tasks
         with torch.inference_mode():
             # Constant per checkpoint: generated once, reused by every call.
             lora = model.generate_lora(torch.arange(self.num_tasks, device=self.device))
-        lora = {k: (a.float().contiguous(), b.float().contiguous()) for k, (a, b) in lora.items()}
-        self._lora_master = lora if strategy == "merge" else None
-        self._lora = {k: (a.to(self.dtype), b.to(self.dtype)) for k, (a, b) in lora.items()}
-        if strategy == "merge" and self.dtype != torch.float32:
-            self._master = {
-                k: w.detach().float().clone() for k, w in site_weights(model.backbone).items()
-            }
-        else:
-            self._master = None
-        model.backbone.to(self.dtype)
-        self.model = model
+        self._lora_fp32 = {
+            k: (a.float().contiguous(), b.float().contiguous()) for k, (a, b) in lora.items()
+        }
+        self._fp32_sites = {
+            k: w.detach().float().clone() for k, w in site_weights(model.backbone).items()
+        }
+        self.bf16_probe_diff: float | None = None
+        wanted = resolve_dtype(dtype, self.device)
+        if dtype == "auto" and wanted == torch.bfloat16:
+            wanted = self._probe_bf16()
+        self._set_dtype(wanted)
+        if wanted == torch.float32:  # the backbone holds them: drop the copy
+            self._fp32_sites = site_weights(self.model.backbone)
+
+    def _set_dtype(self, dtype: torch.dtype) -> None:
+        """Cast the backbone and cached A/B; keeps fp32 frozen weights for merging."""
+        self.dtype = dtype
+        self.model.backbone.float()
+        with torch.no_grad():
+            for key, w in site_weights(self.model.backbone).items():
+                w.copy_(self._fp32_sites[key])  # undo any earlier bf16 rounding
+        self.model.backbone.to(dtype)
+        self._lora = {k: (a.to(dtype), b.to(dtype)) for k, (a, b) in self._lora_fp32.items()}
+        merge_low = self.strategy == "merge" and dtype != torch.float32
+        self._master = self._fp32_sites if merge_low else None
+
+    def _probe_bf16(self) -> torch.dtype:
+        """bf16 only if it keeps probabilities within half the 0.01 bar on a probe study.
+
+        The probe is a fixed synthetic study; half the bar leaves room for real inputs.
+        """
+        size = self.model.config.backbone.img_size
+        g = torch.Generator().manual_seed(0)
+        probe = [torch.randn(BF16_PROBE_IMAGES, 3, size, size, generator=g)]
+        backbone = self.model.backbone
+        fp32_state = {k: v.detach().float().clone() for k, v in backbone.state_dict().items()}
+        self._set_dtype(torch.float32)
+        ref = self.predict(probe)
+        self._set_dtype(torch.bfloat16)
+        self.bf16_probe_diff = float(np.abs(self.predict(probe) - ref).max())
+        if self.bf16_probe_diff <= BF16_TOLERANCE / 2:
+            return torch.bfloat16
+        backbone.float().load_state_dict(fp32_state)  # undo bf16 rounding everywhere
+        return torch.float32
 
     @property
     def task_names(self) -> list[str]:
@@ -179,10 +214,9 @@ class Predictor:
         shared = [self._shared_start(c) for c in chunks]
         n_img = sum(c.shape[0] for c in chunks)
         out = torch.empty(self.num_tasks, n_img, bb.num_features, device=self.device)
-        assert self._lora_master is not None
         for task in range(self.num_tasks):
             merged = merge_task_weights(
-                bb, self._lora_master, task, self.scale,
+                bb, self._lora_fp32, task, self.scale,
                 master=self._master, dtype=self.dtype, skip=[(0, "qkv")],
             )  # fmt: skip
             linear = MergedLinear(merged)
