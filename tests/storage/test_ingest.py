@@ -312,7 +312,6 @@ def test_same_instance_from_two_sessions_at_once_postgresql(engine: Engine) -> N
         assert _series(s).instance_count == 1
 
 
-@pytest.mark.slow
 def test_many_associations_sending_overlapping_instances(engine: Engine) -> None:
     """Four writers each record the same two series in a different order.
 
