@@ -24,7 +24,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
 
-from sqlalchemy import Float, Table, case, literal, select, update
+from sqlalchemy import Float, Table, case, func, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -149,47 +149,28 @@ def record_instance(
     if on_conflict not in ("keep_first", "replace"):
         raise ValueError(f"on_conflict must be 'keep_first' or 'replace', not {on_conflict!r}")
     insert = _insert_for(session)
+    lock = on_conflict == "replace"
 
-    existing = _existing_instance(session, rec, lock=on_conflict == "replace")
-    if existing is not None:
-        return _known_instance(session, rec, on_conflict, existing)
+    # Hot path, one statement: a new instance of a series already known.
+    row = session.execute(_insert_instance(insert, rec)).one_or_none()
+    if row is None:
+        existing = _existing_instance(session, rec, lock=lock)
+        if existing is not None:
+            return _known_instance(session, rec, on_conflict, existing)
+        # The series is new to the database: create study, series and job first.
+        _create_series(session, rec, insert)
+        row = session.execute(_insert_instance(insert, rec)).one_or_none()
+        if row is None:
+            # Another session recorded this SOP instance between our look-up and
+            # our insert (and has committed: ON CONFLICT waited for it).
+            existing = _existing_instance(session, rec, lock=lock)
+            if existing is None:
+                raise StorageError(f"instance {rec.sop_instance_uid} vanished while recording it")
+            return _known_instance(session, rec, on_conflict, existing)
 
-    series_id = _series_id(session, rec, insert)
-    instance_id = session.scalar(
-        insert(_instances)
-        .values(
-            series_id=series_id,
-            sop_instance_uid=rec.sop_instance_uid,
-            sop_class_uid=rec.sop_class_uid,
-            transfer_syntax_uid=rec.transfer_syntax_uid,
-            instance_number=rec.instance_number,
-            image_position=_floats(rec.image_position),
-            slice_position=rec.slice_position,
-            rel_path=rec.rel_path,
-            size_bytes=rec.size_bytes,
-            sha256=rec.sha256,
-            calling_ae=_fit(rec.calling_ae, 16),
-            received_at=rec.received_at,
-        )
-        .on_conflict_do_nothing(index_elements=["sop_instance_uid"])
-        .returning(_instances.c.id)
-    )
-    if instance_id is None:
-        # Another session recorded this SOP instance between our look-up and
-        # our insert (and has committed: ON CONFLICT waited for it).
-        existing = _existing_instance(session, rec, lock=on_conflict == "replace")
-        if existing is None:
-            raise StorageError(f"instance {rec.sop_instance_uid} vanished while recording it")
-        return _known_instance(session, rec, on_conflict, existing)
-
-    _update_series(session, series_id, rec)
-    session.execute(
-        insert(_jobs)
-        .values(series_id=series_id, state=JobState.RECEIVING)
-        .on_conflict_do_nothing(index_elements=["series_id"])
-    )
+    _update_series(session, row.series_id, rec)
     session.flush()
-    return IngestResult(IngestOutcome.STORED, instance_id, series_id, rec.rel_path)
+    return IngestResult(IngestOutcome.STORED, row.id, row.series_id, rec.rel_path)
 
 
 # -- steps -------------------------------------------------------------------
@@ -253,13 +234,43 @@ def _known_instance(
     return IngestResult(outcome, existing.id, existing.series_id, stored, replaced)
 
 
-def _series_id(session: Session, rec: InstanceRecord, insert: Any) -> int:
-    """The id of the instance's series, creating the study and series if needed."""
-    series_id = session.scalar(
-        select(_series.c.id).where(_series.c.series_instance_uid == rec.series_instance_uid)
+def _insert_instance(insert: Any, rec: InstanceRecord) -> Any:
+    """INSERT the instance under its series (looked up by UID in the same statement).
+
+    Inserts nothing, and returns no row, when the SOP Instance UID is already
+    recorded or when the series is not in the database yet.
+    """
+    c = _instances.c
+    values = {
+        c.series_id: _series.c.id,
+        c.sop_instance_uid: rec.sop_instance_uid,
+        c.sop_class_uid: rec.sop_class_uid,
+        c.transfer_syntax_uid: rec.transfer_syntax_uid,
+        c.instance_number: rec.instance_number,
+        c.image_position: _floats(rec.image_position),
+        c.slice_position: rec.slice_position,
+        c.rel_path: rec.rel_path,
+        c.size_bytes: rec.size_bytes,
+        c.sha256: rec.sha256,
+        c.calling_ae: _fit(rec.calling_ae, 16),
+        c.received_at: rec.received_at,
+    }
+    source = select(
+        *(
+            v if col is c.series_id else literal(v, col.type).label(col.name)
+            for col, v in values.items()
+        )
+    ).where(_series.c.series_instance_uid == rec.series_instance_uid)
+    return (
+        insert(_instances)
+        .from_select([col.name for col in values], source)
+        .on_conflict_do_nothing(index_elements=["sop_instance_uid"])
+        .returning(c.id, c.series_id)
     )
-    if series_id is not None:
-        return int(series_id)
+
+
+def _create_series(session: Session, rec: InstanceRecord, insert: Any) -> None:
+    """Create the instance's study, series and the series' job unless they exist."""
     now = utcnow()
     session.execute(
         insert(_studies)
@@ -271,8 +282,10 @@ def _series_id(session: Session, rec: InstanceRecord, insert: Any) -> int:
         )
         .on_conflict_do_nothing(index_elements=["study_instance_uid"])
     )
-    study_id = session.scalar(
-        select(_studies.c.id).where(_studies.c.study_instance_uid == rec.study_instance_uid)
+    study_id = (
+        select(_studies.c.id)
+        .where(_studies.c.study_instance_uid == rec.study_instance_uid)
+        .scalar_subquery()
     )
     session.execute(
         insert(_series)
@@ -286,55 +299,74 @@ def _series_id(session: Session, rec: InstanceRecord, insert: Any) -> int:
         )
         .on_conflict_do_nothing(index_elements=["series_instance_uid"])
     )
-    series_id = session.scalar(
-        select(_series.c.id).where(_series.c.series_instance_uid == rec.series_instance_uid)
+    series_id = (
+        select(_series.c.id)
+        .where(_series.c.series_instance_uid == rec.series_instance_uid)
+        .scalar_subquery()
     )
-    if series_id is None:
-        raise StorageError(f"series {rec.series_instance_uid} vanished while recording it")
-    return int(series_id)
+    session.execute(
+        insert(_jobs)
+        .values(series_id=series_id, state=JobState.RECEIVING)
+        .on_conflict_do_nothing(index_elements=["series_id"])
+    )
 
 
 def _update_series(session: Session, series_id: int, rec: InstanceRecord) -> None:
-    """Count the new instance and fold its geometry into the series row."""
-    geometry = session.execute(
-        select(
-            _series.c.image_orientation,
-            _series.c.orientation_consistent,
-            _series.c.pixel_spacing,
-            _series.c.slice_thickness,
-        )
-        .where(_series.c.id == series_id)
-        # FOR NO KEY UPDATE, not FOR UPDATE: every instance and job insert
-        # takes FOR KEY SHARE on its series through the foreign key, and FOR
-        # UPDATE conflicts with that, so two sessions that each inserted an
-        # instance of this series would deadlock waiting for each other.
-        .with_for_update(key_share=True)
-    ).one()
+    """Count the new instance and fold its geometry into the series row.
 
+    One UPDATE does the counting and keeps the first orientation, spacing and
+    thickness; it locks the row (PostgreSQL) or runs under the write lock
+    (SQLite), so concurrent instances never lose an update. The orientation
+    it returns is the series' first one: a different one clears
+    ``orientation_consistent`` in a second statement, which is rare.
+    """
+    s = _series.c
     t = literal(rec.received_at, UTCDateTime())
-    first, last = _series.c.first_received_at, _series.c.last_received_at
     values: dict[str, Any] = {
-        "instance_count": _series.c.instance_count + 1,
-        "first_received_at": case((first.is_(None), t), (first > t, t), else_=first),
-        "last_received_at": case((last.is_(None), t), (last < t, t), else_=last),
+        "instance_count": s.instance_count + 1,
+        "first_received_at": case(
+            (s.first_received_at.is_(None), t),
+            (s.first_received_at > t, t),
+            else_=s.first_received_at,
+        ),
+        "last_received_at": case(
+            (s.last_received_at.is_(None), t),
+            (s.last_received_at < t, t),
+            else_=s.last_received_at,
+        ),
     }
     if rec.slice_position is not None:
         p = literal(rec.slice_position, Float())
-        lo, hi = _series.c.min_slice_position, _series.c.max_slice_position
+        lo, hi = s.min_slice_position, s.max_slice_position
         values["min_slice_position"] = case((lo.is_(None), p), (lo > p, p), else_=lo)
         values["max_slice_position"] = case((hi.is_(None), p), (hi < p, p), else_=hi)
     if rec.image_orientation is not None:
-        if geometry.image_orientation is None:
-            values["image_orientation"] = _floats(rec.image_orientation)
-        elif geometry.orientation_consistent and not same_orientation(
-            geometry.image_orientation, rec.image_orientation
-        ):
-            values["orientation_consistent"] = False
-    if rec.pixel_spacing is not None and geometry.pixel_spacing is None:
-        values["pixel_spacing"] = _floats(rec.pixel_spacing)
-    if rec.slice_thickness is not None and geometry.slice_thickness is None:
-        values["slice_thickness"] = rec.slice_thickness
-    session.execute(update(_series).where(_series.c.id == series_id).values(**values))
+        values["image_orientation"] = func.coalesce(
+            s.image_orientation, literal(_floats(rec.image_orientation), s.image_orientation.type)
+        )
+    if rec.pixel_spacing is not None:
+        values["pixel_spacing"] = func.coalesce(
+            s.pixel_spacing, literal(_floats(rec.pixel_spacing), s.pixel_spacing.type)
+        )
+    if rec.slice_thickness is not None:
+        values["slice_thickness"] = func.coalesce(
+            s.slice_thickness, literal(rec.slice_thickness, Float())
+        )
+    first = session.execute(
+        update(_series)
+        .where(s.id == series_id)
+        .values(**values)
+        .returning(s.image_orientation, s.orientation_consistent)
+    ).one()
+    if (
+        rec.image_orientation is not None
+        and first.orientation_consistent
+        and first.image_orientation is not None
+        and not same_orientation(first.image_orientation, rec.image_orientation)
+    ):
+        session.execute(
+            update(_series).where(s.id == series_id).values(orientation_consistent=False)
+        )
 
 
 # -- helpers -----------------------------------------------------------------

@@ -15,13 +15,15 @@ from pynetdicom import evt
 from pynetdicom.events import Event
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
-from storage.audit import audit
-from storage.ingest import IngestOutcome, InstanceRecord, record_instance
 
 from agent.logs import get_logger
 from agent.node import status
 from agent.node.header import InvalidIdentifier, UnreadableHeader, read_header
+from agent.node.reactor import on_dimse_received
+from storage.audit import audit
+from storage.errors import StorageError
 from storage.files import InstanceStore, OutOfSpace, StagedFile, derived_rel_path
+from storage.ingest import IngestOutcome, InstanceRecord, record_instance
 
 log = get_logger("agent.node")
 
@@ -46,6 +48,7 @@ class NodeHandlers:
             (evt.EVT_ACCEPTED, self.on_accepted),
             (evt.EVT_REJECTED, self.on_rejected),
             (evt.EVT_ABORTED, self.on_aborted),
+            (evt.EVT_DIMSE_RECV, on_dimse_received),
         ]
 
     # -- associations -------------------------------------------------------
@@ -185,7 +188,7 @@ class NodeHandlers:
                 self.store.discard(staged)
                 log.error("instance not written", error=exc.strerror or type(exc).__name__)
                 return status.OUT_OF_RESOURCES
-            except SQLAlchemyError as exc:
+            except (SQLAlchemyError, StorageError) as exc:
                 session.rollback()
                 if published:
                     self.store.remove(record.rel_path)
