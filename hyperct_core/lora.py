@@ -193,15 +193,22 @@ def merge_task_weights(
             if (depth, site) in skip:
                 continue
             base = master[(depth, site)] if master is not None else module.weight
-            merged = base.clone()
-            rows = 0
-            for kind in SITE_TARGETS[site]:
-                a, b = weights[target_name(depth, kind)]
-                d_out = b.shape[-2]
-                merged[rows : rows + d_out].addmm_(
-                    b[task].to(base.dtype), a[task].to(base.dtype), alpha=scale
+            kinds = SITE_TARGETS[site]
+            if len(kinds) == 1:
+                a, b = weights[target_name(depth, kinds[0])]
+                merged = torch.addmm(
+                    base, b[task].to(base.dtype), a[task].to(base.dtype), alpha=scale
                 )
-                rows += d_out
+            else:
+                merged = base.clone()
+                rows = 0
+                for kind in kinds:
+                    a, b = weights[target_name(depth, kind)]
+                    d_out = b.shape[-2]
+                    merged[rows : rows + d_out].addmm_(
+                        b[task].to(base.dtype), a[task].to(base.dtype), alpha=scale
+                    )
+                    rows += d_out
             out[(depth, site)] = merged.to(dtype or module.weight.dtype)
     return out
 
