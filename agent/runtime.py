@@ -12,7 +12,7 @@ from agent.config import Settings, load_settings
 from agent.errors import AgentError
 from agent.logs import configure_logging
 from agent.resources import alembic_dir
-from storage.db import make_engine, make_session_factory, upgrade
+from storage.db import check_at_head, make_engine, make_session_factory, upgrade
 from storage.errors import StorageError
 from storage.files import InstanceStore
 
@@ -38,6 +38,8 @@ def open_runtime(config: Path | None, *, migrate: bool) -> Runtime:
         engine = make_engine(settings.database.url)
         if migrate:
             upgrade(engine, alembic_dir())
+        else:
+            check_at_head(engine, alembic_dir())
     except StorageError as exc:
         raise AgentError(str(exc)) from None
     return Runtime(settings, engine, make_session_factory(engine))

@@ -24,8 +24,10 @@ def echo(node: NodeSettings, dest: Destination) -> str | int:
     ae = _scu(node)
     ae.add_requested_context(Verification)
     assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
+    if assoc.is_rejected and assoc.acceptor.primitive is not None:
+        return f"association rejected: {assoc.acceptor.primitive.reason_str}"
     if not assoc.is_established:
-        return "association not established"
+        return "no association (peer unreachable or aborted)"
     try:
         rsp = assoc.send_c_echo()
         return int(rsp.Status) if "Status" in rsp else "no response"

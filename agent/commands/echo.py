@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,8 @@ def run(args: argparse.Namespace) -> int:
 
     settings = load_settings(args.config)
     configure_logging(settings.logging.level, settings.logging.format)
+    # The outcome is reported below in one line; pynetdicom's own error lines would repeat it.
+    logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
     dest = settings.destination(args.destination)
     code = echo(settings.node, dest)
     if code != 0:

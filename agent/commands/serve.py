@@ -19,12 +19,11 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from storage.audit import audit
-
     from agent.logs import get_logger
     from agent.node.handlers import NodeHandlers
     from agent.node.server import start_node
     from agent.runtime import open_runtime
+    from storage.audit import audit
 
     runtime = open_runtime(args.config, migrate=True)
     log = get_logger("agent.serve")

@@ -16,9 +16,8 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from storage.queries import status_counts
-
     from agent.runtime import open_runtime
+    from storage.queries import status_counts
 
     runtime = open_runtime(args.config, migrate=False)
     try:
