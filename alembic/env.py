@@ -19,9 +19,9 @@ import logging.config
 import os
 from typing import Any, Literal
 
+from alembic import context
 from sqlalchemy.engine import Connection
 
-from alembic import context
 from storage.db import make_engine
 from storage.models import Base
 from storage.types import UTCDateTime

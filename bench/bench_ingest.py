@@ -150,7 +150,8 @@ def main() -> int:
                 scp.terminate()
                 scp.wait(10)
             print(
-                f"round {r + 1}: agent {agent_rates[-1]:.0f} img/s, storescp {scp_rates[-1]:.0f} img/s",
+                f"round {r + 1}: agent {agent_rates[-1]:.0f} img/s, "
+                f"storescp {scp_rates[-1]:.0f} img/s",
                 flush=True,
             )
         a, s = statistics.median(agent_rates), statistics.median(scp_rates)

@@ -1,4 +1,4 @@
-"""The DICOM node against real peers (DCMTK) and hostile input (reliability rows 1, 6, 7, 9, 12-14)."""
+"""The DICOM node against real peers (DCMTK) and hostile input (reliability rows 1, 6-9, 12-14)."""
 
 from __future__ import annotations
 
