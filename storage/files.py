@@ -14,6 +14,7 @@ import os
 import shutil
 import threading
 import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,17 @@ class OutOfSpace(OSError):
 
 def _digest(text: str, n: int) -> str:
     return hashlib.sha256(text.encode("ascii", "replace")).hexdigest()[:n]
+
+
+def _sha256(data: bytes | memoryview) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _fsync_close(fd: int) -> None:
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def derived_rel_path(study_uid: str, series_uid: str, sop_uid: str, sha256: str) -> str:
@@ -43,11 +55,23 @@ def derived_rel_path(study_uid: str, series_uid: str, sop_uid: str, sha256: str)
 
 @dataclass(frozen=True)
 class StagedFile:
-    """An fsync'd temporary file waiting to be committed under its final name."""
+    """A temporary file waiting to be committed under its final name.
+
+    Its fsync and the payload's hash run on worker threads (both release the
+    GIL), overlapping the caller's header parsing and database work.
+    """
 
     tmp_path: Path
-    sha256: str
     size: int
+    _digest: Future[str]
+    _synced: Future[None]
+
+    @property
+    def sha256(self) -> str:
+        return self._digest.result()
+
+    def wait_durable(self) -> None:
+        self._synced.result()
 
 
 class InstanceStore:
@@ -59,6 +83,7 @@ class InstanceStore:
         # serialised, so a failing commit never removes a file another
         # association has just recorded.
         self._locks = [threading.Lock() for _ in range(64)]
+        self._workers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="instance-io")
 
     def prepare(self) -> int:
         """Create the directories and sweep temp files a crash left; returns how many."""
@@ -77,27 +102,30 @@ class InstanceStore:
         if self.free_bytes() - incoming < self.min_free_bytes:
             raise OutOfSpace("free space below the storage watermark")
 
-    def stage(self, chunks: list[bytes], hashed: bytes) -> StagedFile:
-        """Write ``chunks`` to a temp file and fsync it; ``hashed`` identifies the payload."""
+    def stage(self, chunks: list[bytes | memoryview], hashed: bytes | memoryview) -> StagedFile:
+        """Write ``chunks`` to a temp file; fsync it and hash ``hashed`` in the background."""
         size = sum(len(c) for c in chunks)
         self.check_space(size)
         tmp = self._tmp / f"{uuid.uuid4().hex}.part"
+        digest = self._workers.submit(_sha256, hashed)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
         try:
-            with os.fdopen(fd, "wb", buffering=0) as fh:
-                for chunk in chunks:
-                    fh.write(chunk)
-                os.fsync(fh.fileno())
+            for chunk in chunks:
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(fd, view) :]
         except BaseException:
+            os.close(fd)
             tmp.unlink(missing_ok=True)
             raise
-        return StagedFile(tmp, hashlib.sha256(hashed).hexdigest(), size)
+        return StagedFile(tmp, size, digest, self._workers.submit(_fsync_close, fd))
 
     def lock_for(self, rel_path: str) -> threading.Lock:
         return self._locks[hash(rel_path) % len(self._locks)]
 
     def publish(self, staged: StagedFile, rel_path: str) -> Path:
         """Atomically move a staged file to its final name and make the rename durable."""
+        staged.wait_durable()  # never rename bytes that are not on disk yet
         final = self.path_of(rel_path)
         final.parent.mkdir(parents=True, exist_ok=True)
         os.replace(staged.tmp_path, final)
@@ -109,7 +137,14 @@ class InstanceStore:
         return final
 
     def discard(self, staged: StagedFile) -> None:
+        try:
+            staged.wait_durable()  # the descriptor is closed by the fsync job
+        except OSError:
+            pass
         staged.tmp_path.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        self._workers.shutdown(wait=True)
 
     def remove(self, rel_path: str) -> None:
         self.path_of(rel_path).unlink(missing_ok=True)

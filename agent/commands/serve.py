@@ -66,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
         stop.wait()
     finally:
         node.stop()
+        store.close()
         with runtime.sessions.begin() as session:
             audit(session, "application", "stopped")
         runtime.close()

@@ -18,8 +18,14 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from agent.logs import get_logger
 from agent.node import status
-from agent.node.header import InvalidIdentifier, UnreadableHeader, read_header
-from agent.node.reactor import on_dimse_received
+from agent.node.header import (
+    InvalidIdentifier,
+    UnreadableHeader,
+    is_valid_uid,
+    part10_prefix,
+    read_header,
+)
+from agent.node.transport import on_dimse_received
 from storage.audit import audit
 from storage.errors import StorageError
 from storage.files import InstanceStore, OutOfSpace, StagedFile, derived_rel_path
@@ -104,17 +110,30 @@ class NodeHandlers:
 
     def _store(self, event: Event, calling_ae: str) -> int:
         request = event.request
-        encoded = event.encoded_dataset(include_meta=True)
-        dataset_bytes = request.DataSet.getvalue()  # type: ignore[union-attr]
-        try:
-            header = read_header(encoded)
-        except InvalidIdentifier as exc:
-            log.warning("instance refused", reason=str(exc), calling_ae=calling_ae)
+        dataset = request.DataSet.getvalue()  # type: ignore[union-attr]
+        transfer_syntax = event.context.transfer_syntax
+        if not is_valid_uid(str(request.AffectedSOPInstanceUID)):
+            log.warning("instance refused", reason="Affected SOP Instance UID is not a valid UID")
             return status.INVALID_IDENTIFIER
-        except UnreadableHeader as exc:
+        try:
+            # Written now; hashed and fsync'd on worker threads while the header is read.
+            staged = self.store.stage([part10_prefix(event.file_meta), dataset], dataset)
+        except OutOfSpace:
+            log.warning("instance refused", reason="storage below free-space watermark")
+            return status.OUT_OF_RESOURCES
+        except OSError as exc:
+            log.error("instance not written", error=exc.strerror or type(exc).__name__)
+            return status.OUT_OF_RESOURCES
+        try:
+            header = read_header(dataset, transfer_syntax)
+        except (InvalidIdentifier, UnreadableHeader) as exc:
+            self.store.discard(staged)
             log.warning("instance refused", reason=str(exc), calling_ae=calling_ae)
+            if isinstance(exc, InvalidIdentifier):
+                return status.INVALID_IDENTIFIER
             return status.CANNOT_UNDERSTAND
         if header.sop_instance_uid != request.AffectedSOPInstanceUID:
+            self.store.discard(staged)
             log.warning(
                 "instance refused",
                 reason="SOP Instance UID differs from the command's Affected SOP Instance UID",
@@ -128,17 +147,6 @@ class NodeHandlers:
             )
             return status.INVALID_IDENTIFIER
 
-        try:
-            staged = self.store.stage(
-                [encoded[: len(encoded) - len(dataset_bytes)], dataset_bytes], dataset_bytes
-            )
-        except OutOfSpace:
-            log.warning("instance refused", reason="storage below free-space watermark")
-            return status.OUT_OF_RESOURCES
-        except OSError as exc:
-            log.error("instance not written", error=exc.strerror or type(exc).__name__)
-            return status.OUT_OF_RESOURCES
-
         rel_path = derived_rel_path(
             header.study_instance_uid,
             header.series_instance_uid,
@@ -150,7 +158,7 @@ class NodeHandlers:
             series_instance_uid=header.series_instance_uid,
             sop_instance_uid=header.sop_instance_uid,
             sop_class_uid=header.sop_class_uid,
-            transfer_syntax_uid=str(event.context.transfer_syntax),
+            transfer_syntax_uid=str(transfer_syntax),
             modality=header.modality,
             series_number=header.series_number,
             series_description=header.series_description,

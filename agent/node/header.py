@@ -7,12 +7,17 @@ judge series completeness are read; patient attributes are left alone.
 from __future__ import annotations
 
 import re
+import zlib
 from dataclasses import dataclass
 from io import BytesIO
 
 import numpy as np
-from pydicom import dcmread
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import read_dataset
+from pydicom.filewriter import write_file_meta_info
+from pydicom.tag import BaseTag
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
 # PS3.5 9.1: components of digits separated by '.', no leading zeros, <= 64 chars.
 _UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
@@ -100,10 +105,21 @@ def _first_item(ds: Dataset, *path: str) -> Dataset | None:
     return node
 
 
-def read_header(encoded: bytes) -> InstanceHeader:
-    """Decode the header of a Part 10 encoded instance (preamble and meta included)."""
+def _before_pixels(tag: BaseTag, vr: str | None, length: int) -> bool:
+    return tag >= 0x7FE00010
+
+
+def read_header(dataset: bytes, transfer_syntax: UID) -> InstanceHeader:
+    """Decode the header of a dataset as received in a C-STORE (no file meta)."""
     try:
-        ds = dcmread(BytesIO(encoded), stop_before_pixels=True)
+        if transfer_syntax == DeflatedExplicitVRLittleEndian:
+            dataset = zlib.decompress(dataset, wbits=-zlib.MAX_WBITS)
+        ds = read_dataset(
+            BytesIO(dataset),
+            transfer_syntax.is_implicit_VR,
+            transfer_syntax.is_little_endian,
+            stop_when=_before_pixels,
+        )
         header = _from_dataset(ds)
     except (UnreadableHeader, InvalidIdentifier):
         raise
@@ -161,3 +177,11 @@ def _from_dataset(ds: Dataset) -> InstanceHeader:
         pixel_spacing=spacing,  # type: ignore[arg-type]
         slice_thickness=thickness[0] if thickness else None,
     )
+
+
+def part10_prefix(file_meta: FileMetaDataset) -> bytes:
+    """Preamble, ``DICM`` and the encoded File Meta Information (PS3.10 7.1)."""
+    buf = DicomBytesIO()
+    buf.write(b"\x00" * 128 + b"DICM")
+    write_file_meta_info(buf, file_meta, enforce_standard=True)
+    return buf.getvalue()

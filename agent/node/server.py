@@ -28,7 +28,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from agent.config import NodeSettings
 from agent.logs import quiet_pynetdicom
 from agent.node.handlers import NodeHandlers
-from agent.node.reactor import install_reactor_clock
+from agent.node.transport import install_transport_tuning
 
 _UNCOMPRESSED = [ImplicitVRLittleEndian, ExplicitVRLittleEndian, ExplicitVRBigEndian]
 _COMPRESSED = [
@@ -66,7 +66,7 @@ def decodable_transfer_syntaxes() -> list[UID]:
 
 def build_ae(settings: NodeSettings) -> AE:
     quiet_pynetdicom()
-    install_reactor_clock()
+    install_transport_tuning()
     ae = AE(ae_title=settings.ae_title)
     ae.maximum_associations = settings.max_associations
     ae.maximum_pdu_size = settings.max_pdu

@@ -121,6 +121,7 @@ def node(tmp_path: Path, engine: Engine) -> Iterator[NodeUnderTest]:
     running = start_test_node(tmp_path, engine)
     yield running
     running.node.stop()
+    running.store.close()
 
 
 @pytest.fixture(scope="session")
