@@ -9,6 +9,7 @@ is atomic, and anything left there by a crash is swept at start.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -137,10 +138,8 @@ class InstanceStore:
         return final
 
     def discard(self, staged: StagedFile) -> None:
-        try:
+        with contextlib.suppress(OSError):
             staged.wait_durable()  # the descriptor is closed by the fsync job
-        except OSError:
-            pass
         staged.tmp_path.unlink(missing_ok=True)
 
     def close(self) -> None:
