@@ -1,9 +1,16 @@
-"""Ingest benchmark: DCMTK storescu into the agent and into DCMTK storescp, alternating.
+"""Ingest benchmark: DCMTK storescu into the agent and into reference receivers, alternating.
 
-Both receivers run on this machine over loopback, inside a private network
-namespace when ``unshare`` allows (storescp listens on every interface), with
-TCP_NODELAY=1 for the DCMTK processes. The figure of merit is the ratio of
-images per second, agent / storescp, medians over the rounds of one run.
+Receivers, each fed the same series by ``storescu`` over loopback, round by round:
+
+- ``agent``: ``hyperct-agent serve`` (durable: fsync, rename, SQLite commit per image);
+- ``storescp``: DCMTK's receiver (the anchor the ratio is taken against);
+- ``pynetdicom``: a bare pynetdicom SCP writing the raw bytes, no fsync, no database;
+- ``orthanc``: Orthanc with its default fsync'd storage (skipped if not installed).
+
+The run happens inside a private network namespace when ``unshare`` allows
+(storescp and Orthanc listen on every interface), with TCP_NODELAY=1 for the
+DCMTK and Orthanc processes. Figures are medians over the rounds of one run;
+the ratio is agent / storescp.
 
     .venv/bin/python bench/bench_ingest.py [--images 200] [--rounds 3] [--size 512]
 """
@@ -22,6 +29,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,13 +37,43 @@ sys.path.insert(0, str(ROOT))
 
 from tests.support.ct_series import ct_series, write_series  # noqa: E402
 
-DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
+NODELAY = {**os.environ, "TCP_NODELAY": "1"}
+
+BARE_SCP = """
+import sys
+from pathlib import Path
+from pynetdicom import AE, evt, _config
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+_config.LOG_HANDLER_LEVEL = "none"
+out = Path(sys.argv[1])
+def on_store(event):
+    (out / event.request.AffectedSOPInstanceUID).write_bytes(event.encoded_dataset())
+    return 0
+ae = AE("BARE")
+ae.add_supported_context(
+    "1.2.840.10008.5.1.4.1.1.2", [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+)
+server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+print(server.server_address[1], flush=True)
+sys.stdin.read()
+server.shutdown()
+"""
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def wait_listening(port: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on {port}")
 
 
 def storescu(port: int, aec: str, folder: Path) -> float:
@@ -53,53 +91,110 @@ def storescu(port: int, aec: str, folder: Path) -> float:
             str(folder),
         ],
         check=True,
-        env=DCMTK_ENV,
+        env=NODELAY,
         capture_output=True,
     )
     return time.perf_counter() - started
 
 
-class Agent:
-    def __init__(self, workdir: Path, profile: bool) -> None:
-        workdir.mkdir(parents=True, exist_ok=True)
-        config = workdir / "agent.toml"
-        config.write_text(
-            '[node]\nport = 0\n[storage]\nroot = "storage"\nmin_free_bytes = 0\n'
-            '[database]\nurl = "sqlite:///agent.db"\n[logging]\nformat = "json"\n'
-        )
-        cmd = [sys.executable, "-m", "agent", "serve", "--config", str(config)]
-        if profile:
-            cmd = [
-                shutil.which("py-spy") or "py-spy",
-                "record",
-                "-o",
-                str(ROOT / "bench" / "out" / "ingest-profile.txt"),
-                "-f",
-                "raw",
-                "-r",
-                "200",
-                "--",
-                *cmd,
-            ]
-        self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, cwd=ROOT)
-        self.port = self._wait_port()
-        self.workdir = workdir
-        threading.Thread(target=lambda: [None for _ in self.proc.stderr], daemon=True).start()  # type: ignore[union-attr]
-
-    def _wait_port(self) -> int:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue
-            if event.get("event") == "node listening":
-                return int(event["port"])
+def run_agent(work: Path, images: Path, profile: Path | None) -> float:
+    work.mkdir(parents=True)
+    config = work / "agent.toml"
+    config.write_text(
+        '[node]\nport = 0\n[storage]\nroot = "storage"\nmin_free_bytes = 0\n'
+        '[database]\nurl = "sqlite:///agent.db"\n[logging]\nformat = "json"\n'
+    )
+    cmd = [sys.executable, "-m", "agent", "serve", "--config", str(config)]
+    if profile is not None:
+        cmd = [
+            "py-spy",
+            "record",
+            "--idle",
+            "-f",
+            "raw",
+            "-r",
+            "500",
+            "-o",
+            str(profile),
+            "--",
+            *cmd,
+        ]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    assert proc.stderr is not None
+    port = None
+    for line in proc.stderr:
+        if line.startswith("{") and json.loads(line).get("event") == "node listening":
+            port = int(json.loads(line)["port"])
+            break
+    if port is None:
         raise RuntimeError("agent exited before listening")
+    threading.Thread(target=proc.stderr.read, daemon=True).start()
+    try:
+        return storescu(port, "HYPERCT", images)
+    finally:
+        proc.terminate()
+        proc.wait(60)
 
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(30)
+
+def run_storescp(work: Path, images: Path) -> float:
+    work.mkdir(parents=True)
+    port = free_port()
+    proc = subprocess.Popen(["/usr/bin/storescp", "-od", str(work), str(port)], env=NODELAY)
+    try:
+        wait_listening(port)
+        return storescu(port, "ANY-SCP", images)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def run_bare(work: Path, images: Path) -> float:
+    work.mkdir(parents=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", BARE_SCP, str(work)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None and proc.stdin is not None
+    try:
+        return storescu(int(proc.stdout.readline()), "BARE", images)
+    finally:
+        proc.stdin.close()
+        proc.wait(30)
+
+
+def run_orthanc(work: Path, images: Path) -> float:
+    work.mkdir(parents=True)
+    port, http = free_port(), free_port()
+    (work / "orthanc.json").write_text(
+        json.dumps(
+            {
+                "Name": "bench",
+                "StorageDirectory": str(work / "db"),
+                "IndexDirectory": str(work / "db"),
+                "DicomAet": "ORTHANC",
+                "DicomPort": port,
+                "HttpPort": http,
+                "RemoteAccessAllowed": False,
+                "DicomCheckCalledAet": False,
+                "Plugins": [],
+                "SyncStorageArea": True,
+            }
+        )
+    )
+    proc = subprocess.Popen(
+        ["Orthanc", str(work / "orthanc.json")],
+        env=NODELAY,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_listening(port)
+        return storescu(port, "ORTHANC", images)
+    finally:
+        proc.terminate()
+        proc.wait(30)
 
 
 def main() -> int:
@@ -108,7 +203,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--size", type=int, default=512, help="rows and columns of each image")
     parser.add_argument(
-        "--profile", action="store_true", help="record a py-spy profile of the agent"
+        "--profile", action="store_true", help="py-spy profile of the agent, first round"
     )
     parser.add_argument("--no-unshare", action="store_true")
     args = parser.parse_args()
@@ -117,44 +212,38 @@ def main() -> int:
         not args.no_unshare
         and os.environ.get("HYPERCT_BENCH_NS") != "1"
         and shutil.which("unshare")
-    ):
-        probe = subprocess.run(["unshare", "-n", "true"], capture_output=True)
-        if probe.returncode == 0:
-            env = {**os.environ, "HYPERCT_BENCH_NS": "1"}
-            script = (
-                f"ip link set lo up 2>/dev/null || true; exec {sys.executable} {' '.join(sys.argv)}"
-            )
-            return subprocess.call(["unshare", "-n", "sh", "-c", script], env=env)
+    ) and subprocess.run(["unshare", "-n", "true"], capture_output=True).returncode == 0:
+        env = {**os.environ, "HYPERCT_BENCH_NS": "1"}
+        script = (
+            f"ip link set lo up 2>/dev/null || true; exec {sys.executable} {' '.join(sys.argv)}"
+        )
+        return subprocess.call(["unshare", "-n", "sh", "-c", script], env=env)
 
-    (ROOT / "bench" / "out").mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=ROOT / "bench" / "out") as tmp:
+    out = ROOT / "bench" / "out"
+    out.mkdir(parents=True, exist_ok=True)
+    receivers: dict[str, Callable[[Path, Path], float]] = {
+        "agent": lambda w, i: run_agent(w, i, None),
+        "storescp": run_storescp,
+        "pynetdicom": run_bare,
+    }
+    if shutil.which("Orthanc"):
+        receivers["orthanc"] = run_orthanc
+    with tempfile.TemporaryDirectory(dir=out) as tmp:
         tmpdir = Path(tmp)
         images = tmpdir / "images"
         write_series(ct_series(args.images, rows=args.size, columns=args.size), images)
         size = sum(p.stat().st_size for p in images.iterdir()) / args.images
-        agent_rates, scp_rates = [], []
+        rates: dict[str, list[float]] = {name: [] for name in receivers}
         for r in range(args.rounds):
-            agent = Agent(tmpdir / f"agent{r}", args.profile and r == 0)
-            try:
-                agent_rates.append(args.images / storescu(agent.port, "HYPERCT", images))
-            finally:
-                agent.stop()
-            out = tmpdir / f"scp{r}"
-            out.mkdir()
-            port = free_port()
-            scp = subprocess.Popen(["/usr/bin/storescp", "-od", str(out), str(port)], env=DCMTK_ENV)
-            try:
-                time.sleep(0.5)
-                scp_rates.append(args.images / storescu(port, "ANY-SCP", images))
-            finally:
-                scp.terminate()
-                scp.wait(10)
-            print(
-                f"round {r + 1}: agent {agent_rates[-1]:.0f} img/s, "
-                f"storescp {scp_rates[-1]:.0f} img/s",
-                flush=True,
-            )
-        a, s = statistics.median(agent_rates), statistics.median(scp_rates)
+            for name, run in receivers.items():
+                if name == "agent" and args.profile and r == 0:
+                    elapsed = run_agent(tmpdir / f"{name}{r}", images, out / "ingest-profile.txt")
+                else:
+                    elapsed = run(tmpdir / f"{name}{r}", images)
+                rates[name].append(args.images / elapsed)
+            line = ", ".join(f"{n} {v[-1]:.0f}" for n, v in rates.items())
+            print(f"round {r + 1} (images/s): {line}", flush=True)
+        medians = {name: statistics.median(v) for name, v in rates.items()}
         print(
             json.dumps(
                 {
@@ -162,9 +251,10 @@ def main() -> int:
                     "machine": f"{platform.machine()} {os.cpu_count()} cores",
                     "images": args.images,
                     "bytes_per_image": round(size),
-                    "agent_images_per_s": round(a, 1),
-                    "storescp_images_per_s": round(s, 1),
-                    "ratio": round(a / s, 3),
+                    "images_per_s": {n: round(v, 1) for n, v in medians.items()},
+                    "ratio_to_storescp": {
+                        n: round(v / medians["storescp"], 3) for n, v in medians.items()
+                    },
                 },
                 indent=2,
             )

@@ -17,7 +17,7 @@ import threading
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 _TMP = ".tmp"
 _INSTANCES = "instances"
@@ -35,11 +35,19 @@ def _sha256(data: bytes | memoryview) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _fsync_close(fd: int) -> None:
+def _write_durably(path: Path, chunks: list[bytes]) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
     try:
+        for chunk in chunks:
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(fd, view) :]
         os.fsync(fd)
-    finally:
+    except BaseException:
         os.close(fd)
+        path.unlink(missing_ok=True)
+        raise
+    os.close(fd)
 
 
 def derived_rel_path(study_uid: str, series_uid: str, sop_uid: str, sha256: str) -> str:
@@ -58,8 +66,8 @@ def derived_rel_path(study_uid: str, series_uid: str, sop_uid: str, sha256: str)
 class StagedFile:
     """A temporary file waiting to be committed under its final name.
 
-    Its fsync and the payload's hash run on worker threads (both release the
-    GIL), overlapping the caller's header parsing and database work.
+    Its write, fsync and the payload's hash run on worker threads (all release
+    the GIL), overlapping the caller's header parsing and database work.
     """
 
     tmp_path: Path
@@ -78,12 +86,14 @@ class StagedFile:
 class InstanceStore:
     def __init__(self, root: Path, min_free_bytes: int = 0) -> None:
         self.root = root
+        self._root = root.resolve()
         self.min_free_bytes = min_free_bytes
         self._tmp = root / _TMP
         # Renames and their database commits for the same final name are
         # serialised, so a failing commit never removes a file another
         # association has just recorded.
         self._locks = [threading.Lock() for _ in range(64)]
+        self._known_dirs: set[Path] = set()
         self._workers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="instance-io")
 
     def prepare(self) -> int:
@@ -103,23 +113,17 @@ class InstanceStore:
         if self.free_bytes() - incoming < self.min_free_bytes:
             raise OutOfSpace("free space below the storage watermark")
 
-    def stage(self, chunks: list[bytes | memoryview], hashed: bytes | memoryview) -> StagedFile:
-        """Write ``chunks`` to a temp file; fsync it and hash ``hashed`` in the background."""
+    def stage(self, chunks: list[bytes], hashed: bytes) -> StagedFile:
+        """Write ``chunks`` to a new temp file, fsync it and hash ``hashed``, on worker threads.
+
+        Returns at once; :meth:`publish` waits for the write and the fsync.
+        The free-space check happens here, before anything is written.
+        """
         size = sum(len(c) for c in chunks)
         self.check_space(size)
         tmp = self._tmp / f"{uuid.uuid4().hex}.part"
         digest = self._workers.submit(_sha256, hashed)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
-        try:
-            for chunk in chunks:
-                view = memoryview(chunk)
-                while view:
-                    view = view[os.write(fd, view) :]
-        except BaseException:
-            os.close(fd)
-            tmp.unlink(missing_ok=True)
-            raise
-        return StagedFile(tmp, size, digest, self._workers.submit(_fsync_close, fd))
+        return StagedFile(tmp, size, digest, self._workers.submit(_write_durably, tmp, chunks))
 
     def lock_for(self, rel_path: str) -> threading.Lock:
         return self._locks[hash(rel_path) % len(self._locks)]
@@ -128,8 +132,15 @@ class InstanceStore:
         """Atomically move a staged file to its final name and make the rename durable."""
         staged.wait_durable()  # never rename bytes that are not on disk yet
         final = self.path_of(rel_path)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(staged.tmp_path, final)
+        if final.parent not in self._known_dirs:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            self._known_dirs.add(final.parent)
+        try:
+            os.replace(staged.tmp_path, final)
+        except FileNotFoundError:  # the directory was removed behind our back
+            self._known_dirs.discard(final.parent)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staged.tmp_path, final)
         dir_fd = os.open(final.parent, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
@@ -139,7 +150,7 @@ class InstanceStore:
 
     def discard(self, staged: StagedFile) -> None:
         with contextlib.suppress(OSError):
-            staged.wait_durable()  # the descriptor is closed by the fsync job
+            staged.wait_durable()  # the write job owns the file until it ends
         staged.tmp_path.unlink(missing_ok=True)
 
     def close(self) -> None:
@@ -149,7 +160,8 @@ class InstanceStore:
         self.path_of(rel_path).unlink(missing_ok=True)
 
     def path_of(self, rel_path: str) -> Path:
-        path = (self.root / rel_path).resolve()
-        if not path.is_relative_to(self.root.resolve()):
+        """Absolute path of a stored file; refuses anything that would leave the root."""
+        rel = PurePosixPath(rel_path)
+        if rel.is_absolute() or ".." in rel.parts or not rel.parts:
             raise ValueError("path escapes the storage root")
-        return path
+        return self._root / rel

@@ -16,6 +16,7 @@ engine's ``BEGIN IMMEDIATE`` serialises writers instead.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Sequence
@@ -24,7 +25,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
 
-from sqlalchemy import Float, Table, case, func, literal, select, update
+from sqlalchemy import JSON, Float, Table, bindparam, case, cast, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -152,14 +153,16 @@ def record_instance(
     lock = on_conflict == "replace"
 
     # Hot path, one statement: a new instance of a series already known.
-    row = session.execute(_insert_instance(insert, rec)).one_or_none()
+    dialect = session.get_bind().dialect.name
+    params = _instance_params(rec)
+    row = session.execute(_insert_instance_stmt(dialect), params).one_or_none()
     if row is None:
         existing = _existing_instance(session, rec, lock=lock)
         if existing is not None:
             return _known_instance(session, rec, on_conflict, existing)
         # The series is new to the database: create study, series and job first.
         _create_series(session, rec, insert)
-        row = session.execute(_insert_instance(insert, rec)).one_or_none()
+        row = session.execute(_insert_instance_stmt(dialect), params).one_or_none()
         if row is None:
             # Another session recorded this SOP instance between our look-up and
             # our insert (and has committed: ON CONFLICT waited for it).
@@ -168,8 +171,7 @@ def record_instance(
                 raise StorageError(f"instance {rec.sop_instance_uid} vanished while recording it")
             return _known_instance(session, rec, on_conflict, existing)
 
-    _update_series(session, row.series_id, rec)
-    session.flush()
+    _update_series(session, {**params, "series_id": row.series_id}, rec)
     return IngestResult(IngestOutcome.STORED, row.id, row.series_id, rec.rel_path)
 
 
@@ -234,38 +236,107 @@ def _known_instance(
     return IngestResult(outcome, existing.id, existing.series_id, stored, replaced)
 
 
-def _insert_instance(insert: Any, rec: InstanceRecord) -> Any:
-    """INSERT the instance under its series (looked up by UID in the same statement).
+# The hot-path statements are built once per dialect and executed with
+# parameters: constructing Core expressions per instance cost more than
+# running them.
+
+# None must bind as SQL NULL (for COALESCE), not as the JSON text 'null'.
+_JSON_OR_NULL = JSON(none_as_null=True)
+
+_INSTANCE_COLUMNS = (
+    "sop_instance_uid",
+    "sop_class_uid",
+    "transfer_syntax_uid",
+    "instance_number",
+    "image_position",
+    "slice_position",
+    "rel_path",
+    "size_bytes",
+    "sha256",
+    "calling_ae",
+    "received_at",
+)
+
+
+def _instance_params(rec: InstanceRecord) -> dict[str, Any]:
+    return {
+        "series_uid": rec.series_instance_uid,
+        "sop_instance_uid": rec.sop_instance_uid,
+        "sop_class_uid": rec.sop_class_uid,
+        "transfer_syntax_uid": rec.transfer_syntax_uid,
+        "instance_number": rec.instance_number,
+        "image_position": _floats(rec.image_position),
+        "slice_position": rec.slice_position,
+        "rel_path": rec.rel_path,
+        "size_bytes": rec.size_bytes,
+        "sha256": rec.sha256,
+        "calling_ae": _fit(rec.calling_ae, 16),
+        "received_at": rec.received_at,
+        "orientation": _floats(rec.image_orientation),
+        "spacing": _floats(rec.pixel_spacing),
+        "thickness": rec.slice_thickness,
+    }
+
+
+@functools.cache
+def _insert_instance_stmt(dialect: str) -> Any:
+    """INSERT the instance under its series, looked up by UID in the same statement.
 
     Inserts nothing, and returns no row, when the SOP Instance UID is already
     recorded or when the series is not in the database yet.
     """
     c = _instances.c
-    values = {
-        c.series_id: _series.c.id,
-        c.sop_instance_uid: rec.sop_instance_uid,
-        c.sop_class_uid: rec.sop_class_uid,
-        c.transfer_syntax_uid: rec.transfer_syntax_uid,
-        c.instance_number: rec.instance_number,
-        c.image_position: _floats(rec.image_position),
-        c.slice_position: rec.slice_position,
-        c.rel_path: rec.rel_path,
-        c.size_bytes: rec.size_bytes,
-        c.sha256: rec.sha256,
-        c.calling_ae: _fit(rec.calling_ae, 16),
-        c.received_at: rec.received_at,
-    }
     source = select(
+        _series.c.id,
         *(
-            v if col is c.series_id else literal(v, col.type).label(col.name)
-            for col, v in values.items()
-        )
-    ).where(_series.c.series_instance_uid == rec.series_instance_uid)
+            bindparam(name, type_=_JSON_OR_NULL if name == "image_position" else c[name].type)
+            for name in _INSTANCE_COLUMNS
+        ),
+    ).where(_series.c.series_instance_uid == bindparam("series_uid"))
     return (
-        insert(_instances)
-        .from_select([col.name for col in values], source)
+        _INSERTS[dialect](_instances)
+        .from_select(["series_id", *_INSTANCE_COLUMNS], source)
         .on_conflict_do_nothing(index_elements=["sop_instance_uid"])
         .returning(c.id, c.series_id)
+    )
+
+
+@functools.cache
+def _update_series_stmt() -> Any:
+    """Count one instance and fold its geometry into the series row (NULLs change nothing)."""
+    s = _series.c
+    t = bindparam("received_at", type_=UTCDateTime())
+    # Explicit casts: PostgreSQL cannot infer a type for a parameter that may be NULL.
+    p = cast(bindparam("slice_position", type_=Float()), Float())
+    thickness = cast(bindparam("thickness", type_=Float()), Float())
+
+    def widened(column: Any, outside: Any) -> Any:
+        return case((p.is_(None), column), (column.is_(None), p), (outside, p), else_=column)
+
+    return (
+        update(_series)
+        .where(s.id == bindparam("series_id"))
+        .values(
+            instance_count=s.instance_count + 1,
+            first_received_at=case(
+                (s.first_received_at.is_(None), t),
+                (s.first_received_at > t, t),
+                else_=s.first_received_at,
+            ),
+            last_received_at=case(
+                (s.last_received_at.is_(None), t),
+                (s.last_received_at < t, t),
+                else_=s.last_received_at,
+            ),
+            min_slice_position=widened(s.min_slice_position, s.min_slice_position > p),
+            max_slice_position=widened(s.max_slice_position, s.max_slice_position < p),
+            image_orientation=func.coalesce(
+                s.image_orientation, bindparam("orientation", type_=_JSON_OR_NULL)
+            ),
+            pixel_spacing=func.coalesce(s.pixel_spacing, bindparam("spacing", type_=_JSON_OR_NULL)),
+            slice_thickness=func.coalesce(s.slice_thickness, thickness),
+        )
+        .returning(s.image_orientation, s.orientation_consistent)
     )
 
 
@@ -311,7 +382,7 @@ def _create_series(session: Session, rec: InstanceRecord, insert: Any) -> None:
     )
 
 
-def _update_series(session: Session, series_id: int, rec: InstanceRecord) -> None:
+def _update_series(session: Session, params: dict[str, Any], rec: InstanceRecord) -> None:
     """Count the new instance and fold its geometry into the series row.
 
     One UPDATE does the counting and keeps the first orientation, spacing and
@@ -320,44 +391,7 @@ def _update_series(session: Session, series_id: int, rec: InstanceRecord) -> Non
     it returns is the series' first one: a different one clears
     ``orientation_consistent`` in a second statement, which is rare.
     """
-    s = _series.c
-    t = literal(rec.received_at, UTCDateTime())
-    values: dict[str, Any] = {
-        "instance_count": s.instance_count + 1,
-        "first_received_at": case(
-            (s.first_received_at.is_(None), t),
-            (s.first_received_at > t, t),
-            else_=s.first_received_at,
-        ),
-        "last_received_at": case(
-            (s.last_received_at.is_(None), t),
-            (s.last_received_at < t, t),
-            else_=s.last_received_at,
-        ),
-    }
-    if rec.slice_position is not None:
-        p = literal(rec.slice_position, Float())
-        lo, hi = s.min_slice_position, s.max_slice_position
-        values["min_slice_position"] = case((lo.is_(None), p), (lo > p, p), else_=lo)
-        values["max_slice_position"] = case((hi.is_(None), p), (hi < p, p), else_=hi)
-    if rec.image_orientation is not None:
-        values["image_orientation"] = func.coalesce(
-            s.image_orientation, literal(_floats(rec.image_orientation), s.image_orientation.type)
-        )
-    if rec.pixel_spacing is not None:
-        values["pixel_spacing"] = func.coalesce(
-            s.pixel_spacing, literal(_floats(rec.pixel_spacing), s.pixel_spacing.type)
-        )
-    if rec.slice_thickness is not None:
-        values["slice_thickness"] = func.coalesce(
-            s.slice_thickness, literal(rec.slice_thickness, Float())
-        )
-    first = session.execute(
-        update(_series)
-        .where(s.id == series_id)
-        .values(**values)
-        .returning(s.image_orientation, s.orientation_consistent)
-    ).one()
+    first = session.execute(_update_series_stmt(), params).one()
     if (
         rec.image_orientation is not None
         and first.orientation_consistent
@@ -365,7 +399,9 @@ def _update_series(session: Session, series_id: int, rec: InstanceRecord) -> Non
         and not same_orientation(first.image_orientation, rec.image_orientation)
     ):
         session.execute(
-            update(_series).where(s.id == series_id).values(orientation_consistent=False)
+            update(_series)
+            .where(_series.c.id == params["series_id"])
+            .values(orientation_consistent=False)
         )
 
 
@@ -379,13 +415,14 @@ def same_orientation(a: Sequence[float], b: Sequence[float]) -> bool:
     )
 
 
+_INSERTS = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
+
+
 def _insert_for(session: Session) -> Any:
     name = session.get_bind().dialect.name
-    if name == "postgresql":
-        return postgresql.insert
-    if name == "sqlite":
-        return sqlite.insert
-    raise StorageError(f"unsupported database dialect {name!r}")
+    if name not in _INSERTS:
+        raise StorageError(f"unsupported database dialect {name!r}")
+    return _INSERTS[name]
 
 
 def _floats(values: Sequence[float] | None) -> list[float] | None:

@@ -25,7 +25,7 @@ from agent.node.header import (
     part10_prefix,
     read_header,
 )
-from agent.node.transport import on_dimse_received
+from agent.node.transport import on_connection_open, on_dimse_received
 from storage.audit import audit
 from storage.errors import StorageError
 from storage.files import InstanceStore, OutOfSpace, StagedFile, derived_rel_path
@@ -54,6 +54,7 @@ class NodeHandlers:
             (evt.EVT_ACCEPTED, self.on_accepted),
             (evt.EVT_REJECTED, self.on_rejected),
             (evt.EVT_ABORTED, self.on_aborted),
+            (evt.EVT_CONN_OPEN, on_connection_open),
             (evt.EVT_DIMSE_RECV, on_dimse_received),
         ]
 
@@ -117,7 +118,10 @@ class NodeHandlers:
             return status.INVALID_IDENTIFIER
         try:
             # Written now; hashed and fsync'd on worker threads while the header is read.
-            staged = self.store.stage([part10_prefix(event.file_meta), dataset], dataset)
+            prefix = part10_prefix(
+                request.AffectedSOPClassUID, request.AffectedSOPInstanceUID, transfer_syntax
+            )
+            staged = self.store.stage([prefix, dataset], dataset)
         except OutOfSpace:
             log.warning("instance refused", reason="storage below free-space watermark")
             return status.OUT_OF_RESOURCES

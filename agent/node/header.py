@@ -7,16 +7,15 @@ judge series completeness are read; patient attributes are left alone.
 from __future__ import annotations
 
 import re
+import struct
 import zlib
 from dataclasses import dataclass
 from io import BytesIO
 
 import numpy as np
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.filebase import DicomBytesIO
+from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
-from pydicom.filewriter import write_file_meta_info
-from pydicom.tag import BaseTag
+from pydicom.tag import BaseTag, Tag
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
 # PS3.5 9.1: components of digits separated by '.', no leading zeros, <= 64 chars.
@@ -105,6 +104,29 @@ def _first_item(ds: Dataset, *path: str) -> Dataset | None:
     return node
 
 
+_HEADER_TAGS = [
+    Tag(keyword)
+    for keyword in (
+        "SOPClassUID",
+        "SOPInstanceUID",
+        "StudyDate",
+        "Modality",
+        "SeriesDescription",
+        "BodyPartExamined",
+        "SliceThickness",
+        "StudyInstanceUID",
+        "SeriesInstanceUID",
+        "SeriesNumber",
+        "InstanceNumber",
+        "ImagePositionPatient",
+        "ImageOrientationPatient",
+        "PixelSpacing",
+        "SharedFunctionalGroupsSequence",
+        "PerFrameFunctionalGroupsSequence",
+    )
+]
+
+
 def _before_pixels(tag: BaseTag, vr: str | None, length: int) -> bool:
     return tag >= 0x7FE00010
 
@@ -119,6 +141,7 @@ def read_header(dataset: bytes, transfer_syntax: UID) -> InstanceHeader:
             transfer_syntax.is_implicit_VR,
             transfer_syntax.is_little_endian,
             stop_when=_before_pixels,
+            specific_tags=_HEADER_TAGS,
         )
         header = _from_dataset(ds)
     except (UnreadableHeader, InvalidIdentifier):
@@ -179,9 +202,35 @@ def _from_dataset(ds: Dataset) -> InstanceHeader:
     )
 
 
-def part10_prefix(file_meta: FileMetaDataset) -> bytes:
-    """Preamble, ``DICM`` and the encoded File Meta Information (PS3.10 7.1)."""
-    buf = DicomBytesIO()
-    buf.write(b"\x00" * 128 + b"DICM")
-    write_file_meta_info(buf, file_meta, enforce_standard=True)
-    return buf.getvalue()
+#: Identifies files this agent wrote (PS3.10 7.1, Implementation Class UID; a UUID-derived UID).
+IMPLEMENTATION_CLASS_UID = "2.25.142209658613364530262331245328458710021"
+IMPLEMENTATION_VERSION_NAME = "HYPERCT_AGENT"
+
+
+def _element(elem: int, vr: bytes, value: bytes) -> bytes:
+    if len(value) % 2:
+        value += b"\x00" if vr == b"UI" else b" "
+    if vr == b"OB":
+        return struct.pack("<HH2sHI", 0x0002, elem, vr, 0, len(value)) + value
+    return struct.pack("<HH2sH", 0x0002, elem, vr, len(value)) + value
+
+
+def part10_prefix(sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str) -> bytes:
+    """Preamble, ``DICM`` and the File Meta Information group (PS3.10 7.1).
+
+    Encoded directly (always Explicit VR Little Endian): on the receive path
+    this is called once per instance and pydicom's writer costs more than the
+    rest of the header handling.
+    """
+    body = b"".join(
+        (
+            _element(0x0001, b"OB", b"\x00\x01"),
+            _element(0x0002, b"UI", sop_class_uid.encode("ascii")),
+            _element(0x0003, b"UI", sop_instance_uid.encode("ascii")),
+            _element(0x0010, b"UI", transfer_syntax_uid.encode("ascii")),
+            _element(0x0012, b"UI", IMPLEMENTATION_CLASS_UID.encode("ascii")),
+            _element(0x0013, b"SH", IMPLEMENTATION_VERSION_NAME.encode("ascii")),
+        )
+    )
+    group_length = struct.pack("<HH2sHI", 0x0002, 0x0000, b"UL", 4, len(body))
+    return b"\x00" * 128 + b"DICM" + group_length + body

@@ -3,7 +3,7 @@
 pynetdicom runs two polling loops per association: the association thread
 sleeps 1 ms between checks for a decoded DIMSE message, and the DUL thread
 sleeps ``_run_loop_delay`` (1 ms) whenever it found nothing to do. On a
-C-STORE stream those sleeps, not computation, dominate the time per image.
+C-STORE stream those sleeps, not computation, set the time per image.
 
 pynetdicom has no setting for this, so the reactor modules' ``time`` global is
 replaced by :class:`ReactorClock`, whose ``sleep`` keeps every timeout but
@@ -11,12 +11,13 @@ returns as soon as there is work:
 
 - an association thread waits on an event set by ``EVT_DIMSE_RECV`` (a
   complete message was decoded for it);
-- a DUL thread waits in ``select`` on its socket, so incoming PDUs wake it at
-  once; while the association is busy it rechecks its outgoing queue every
-  0.1 ms instead of every 1 ms, so responses leave promptly; once idle it
-  falls back to pynetdicom's own delay and costs no extra CPU.
+- a DUL thread waits in ``select`` on its socket and on a pipe that its
+  outgoing queue writes to on every ``put`` (installed at ``EVT_CONN_OPEN``,
+  before the association's threads start), so both an incoming PDU and a
+  response to send wake it at once, and an idle association costs no CPU.
 
-Everything else on ``time`` is passed through unchanged.
+Everything else on ``time`` is passed through unchanged; an association
+without these hooks (an SCU) keeps pynetdicom's own timing.
 
 ``AssociationSocket.recv`` reads a PDU in 4 KiB ``recv`` calls appended to a
 bytearray (128 calls for a 512 KiB image); :func:`_recv_exact` fills one
@@ -26,9 +27,13 @@ per call, with the same contract (return early only when the peer closed).
 
 from __future__ import annotations
 
+import contextlib
+import os
+import queue
 import select
 import threading
 import time
+import weakref
 from typing import Any
 
 from pynetdicom import association as _association
@@ -38,10 +43,23 @@ from pynetdicom.dul import DULServiceProvider
 from pynetdicom.events import Event
 from pynetdicom.transport import AssociationSocket
 
-_BUSY_WINDOW = 0.05  # seconds after the last activity that count as "busy"
-_BUSY_POLL = 0.0001  # outgoing-queue recheck interval while busy
 _WAKE_ATTR = "_hyperct_wake"
-_ACTIVE_ATTR = "_hyperct_active"
+_PIPE_ATTR = "_hyperct_pipe"
+
+
+class _WakingQueue(queue.Queue[Any]):
+    """The DUL's outgoing queue: every ``put`` also writes a byte to a pipe."""
+
+    def __init__(self, wake_fd: int) -> None:
+        super().__init__()
+        self._wake_fd = wake_fd
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        super().put(item, block, timeout)
+        # A full pipe already holds a pending wake-up; a closed one means the
+        # association is gone.
+        with contextlib.suppress(OSError):
+            os.write(self._wake_fd, b"\0")
 
 
 def _wake_event(assoc: Association) -> threading.Event:
@@ -75,15 +93,15 @@ class ReactorClock:
         if raw is None or raw.fileno() < 0:
             time.sleep(seconds)
             return
-        now = time.monotonic()
-        busy = now - dul.__dict__.get(_ACTIVE_ATTR, 0.0) < _BUSY_WINDOW
-        timeout = min(seconds, _BUSY_POLL) if busy else seconds
+        pipe = dul.__dict__.get(_PIPE_ATTR)
+        watched = [raw] if pipe is None else [raw, pipe]
         try:
-            readable, _, _ = select.select([raw], [], [], timeout)
+            readable, _, _ = select.select(watched, [], [], seconds)
         except (OSError, ValueError):
             return
-        if readable or not dul.to_provider_queue.empty():
-            dul.__dict__[_ACTIVE_ATTR] = now
+        if pipe is not None and pipe in readable:
+            with contextlib.suppress(OSError):
+                os.read(pipe, 4096)
 
 
 def _recv_exact(self: AssociationSocket, nr_bytes: int) -> bytearray:
@@ -119,8 +137,31 @@ def install_transport_tuning() -> None:
         _installed = True
 
 
+def on_connection_open(event: Event) -> None:
+    """``EVT_CONN_OPEN`` handler: give the DUL a waking outgoing queue.
+
+    Runs before the association's threads start, so nothing can have been
+    queued yet and no thread holds the old queue.
+    """
+    dul = event.assoc.dul
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(read_fd, False)
+    os.set_blocking(write_fd, False)
+    old = dul.to_provider_queue
+    waking = _WakingQueue(write_fd)
+    while not old.empty():
+        waking.put(old.get_nowait())
+    dul.to_provider_queue = waking
+    dul.__dict__[_PIPE_ATTR] = read_fd
+    weakref.finalize(dul, _close_fds, read_fd, write_fd)
+
+
+def _close_fds(*fds: int) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
 def on_dimse_received(event: Event) -> None:
     """``EVT_DIMSE_RECV`` handler: wake the association thread for the new message."""
     _wake_event(event.assoc).set()
-    dul = event.assoc.dul
-    dul.__dict__[_ACTIVE_ATTR] = time.monotonic()
