@@ -9,6 +9,7 @@ moved together with its data.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
@@ -89,12 +90,140 @@ class LoggingSettings(_Section):
     format: Literal["auto", "console", "json"] = "auto"
 
 
+Fraction = Annotated[float, Field(ge=0, le=1, strict=False)]
+Millimetres = Annotated[float, Field(ge=0, strict=False)]
+
+
+class CompletenessSettings(_Section):
+    """When a series counts as complete (see ``agent.series.completeness``)."""
+
+    # Judge a series once no instance has arrived for this long.
+    idle_seconds: PositiveSeconds = 30.0
+    # Stop waiting for missing slices after this long idle: record it as partial.
+    force_seconds: PositiveSeconds = 600.0
+    # A slice gap may differ from the median spacing by this fraction.
+    spacing_tolerance: Fraction = 0.2
+    # Minimum extent along the slice normal (a chest is ~250-350 mm).
+    min_coverage_mm: Millimetres = 150.0
+    # An instance arriving after its series was screened: record it only, or screen again.
+    late_instances: Literal["record", "rescreen"] = "record"
+
+
+class EligibilitySettings(_Section):
+    """Which series are non-contrast chest CT (see ``agent.series.eligibility``).
+
+    Patterns are case-insensitive regular expressions matched against the
+    series' Body Part Examined, Series Description, Protocol Name and Study
+    Description.
+    """
+
+    modalities: list[str] = ["CT"]
+    sop_classes: list[str] = [CT_IMAGE_STORAGE, ENHANCED_CT_IMAGE_STORAGE]
+    chest_patterns: list[str] = [r"chest", r"thora", r"lung", r"\bthx\b", r"\bpulm"]
+    # "non-contrast", "w/o contrast", "without contrast", "unenhanced" must not match.
+    contrast_patterns: list[str] = [
+        r"(?<!non)(?<!non-)(?<!non )(?<!w/o )(?<!without )(?<!no )contrast",
+        r"\bc\+",
+        r"\bcta\b",
+        r"angio",
+        r"arterial",
+        r"venous",
+        r"portal",
+        r"(?<!un)(?<!non)(?<!non-)(?<!non )enhanced",
+    ]
+    # Descriptions of series that are not primary axial images.
+    exclude_patterns: list[str] = [
+        r"scout",
+        r"topo",
+        r"locali[sz]er",
+        r"surview",
+        r"dose",
+        r"\bmip\b",
+        r"minip",
+        r"\bvrt?\b",
+        r"\bcor(onal)?\b",
+        r"\bsag(ittal)?\b",
+        r"report",
+    ]
+    # Every one of these must be among the Image Type values.
+    required_image_type: list[str] = ["ORIGINAL", "AXIAL"]
+    min_slice_thickness: Millimetres = 0.5
+    max_slice_thickness: Millimetres = 3.0
+    min_slices: Annotated[int, Field(ge=2)] = 64
+
+    @field_validator("chest_patterns", "contrast_patterns", "exclude_patterns")
+    @classmethod
+    def _regexes(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"not a regular expression: {pattern!r} ({exc})") from None
+        return value
+
+
+class PipelineSettings(_Section):
+    """The scheduler inside ``serve``."""
+
+    sweep_seconds: PositiveSeconds = 5.0
+    max_attempts: Annotated[int, Field(ge=1, le=100)] = 3
+    # Base of the exponential backoff between attempts (doubling each time).
+    retry_seconds: PositiveSeconds = 60.0
+    # A job claimed for longer than this by a process that stopped is claimed again.
+    claim_timeout_seconds: PositiveSeconds = 3600.0
+
+
+class ReferralSettings(_Section):
+    """Which findings recommend a transthoracic echocardiogram, and at which thresholds.
+
+    Empty ``tasks`` takes the model card's referral tasks; a threshold given
+    here overrides the card's operating threshold for that task.
+    """
+
+    tasks: list[str] = []
+    thresholds: dict[str, Fraction] = {}
+
+    @field_validator("tasks")
+    @classmethod
+    def _known_tasks(cls, value: list[str]) -> list[str]:
+        _check_task_names(value)
+        return value
+
+    @field_validator("thresholds")
+    @classmethod
+    def _known_threshold_tasks(cls, value: dict[str, float]) -> dict[str, float]:
+        _check_task_names(list(value))
+        return value
+
+
+class ReportSettings(_Section):
+    """What goes back to PACS."""
+
+    text_report: bool = True
+    series_number: Annotated[int, Field(ge=1, le=2**31 - 1)] = 9901
+    delivery_attempts: Annotated[int, Field(ge=1, le=1000)] = 20
+    delivery_retry_seconds: PositiveSeconds = 30.0
+
+
+def _check_task_names(names: list[str]) -> None:
+    from hyperct_core.tasks import TASK_NAMES
+
+    unknown = [n for n in names if n not in TASK_NAMES]
+    if unknown:
+        raise ValueError(f"unknown task {unknown[0]!r}")
+
+
 class Settings(_Section):
     node: NodeSettings = NodeSettings()
     storage: StorageSettings = StorageSettings()
     database: DatabaseSettings = DatabaseSettings()
     destinations: list[Destination] = []
     model: ModelSettings = ModelSettings()
+    completeness: CompletenessSettings = CompletenessSettings()
+    eligibility: EligibilitySettings = EligibilitySettings()
+    pipeline: PipelineSettings = PipelineSettings()
+    referral: ReferralSettings = ReferralSettings()
+    reports: ReportSettings = ReportSettings()
     logging: LoggingSettings = LoggingSettings()
     source: Path | None = Field(default=None, exclude=True)
 

@@ -88,6 +88,11 @@ class InstanceRecord:
     sha256: str
     calling_ae: str | None
     received_at: datetime
+    study_description: str | None = None
+    image_type: str | None = None
+    protocol_name: str | None = None
+    contrast_agent: str | None = None
+    number_of_frames: int | None = None
 
     def __post_init__(self) -> None:
         for name in (
@@ -248,6 +253,7 @@ _INSTANCE_COLUMNS = (
     "sop_class_uid",
     "transfer_syntax_uid",
     "instance_number",
+    "number_of_frames",
     "image_position",
     "slice_position",
     "rel_path",
@@ -265,6 +271,7 @@ def _instance_params(rec: InstanceRecord) -> dict[str, Any]:
         "sop_class_uid": rec.sop_class_uid,
         "transfer_syntax_uid": rec.transfer_syntax_uid,
         "instance_number": rec.instance_number,
+        "number_of_frames": rec.number_of_frames,
         "image_position": _floats(rec.image_position),
         "slice_position": rec.slice_position,
         "rel_path": rec.rel_path,
@@ -348,6 +355,7 @@ def _create_series(session: Session, rec: InstanceRecord, insert: Any) -> None:
         .values(
             study_instance_uid=rec.study_instance_uid,
             study_date=_fit(rec.study_date, 16),
+            study_description=_fit(rec.study_description, 64),
             created_at=now,
             updated_at=now,
         )
@@ -367,6 +375,10 @@ def _create_series(session: Session, rec: InstanceRecord, insert: Any) -> None:
             series_number=rec.series_number,
             series_description=_fit(rec.series_description, 64),
             body_part_examined=_fit(rec.body_part_examined, 16),
+            sop_class_uid=rec.sop_class_uid,
+            image_type=_fit(rec.image_type, 128),
+            protocol_name=_fit(rec.protocol_name, 64),
+            contrast_agent=_fit(rec.contrast_agent, 64),
         )
         .on_conflict_do_nothing(index_elements=["series_instance_uid"])
     )

@@ -97,6 +97,7 @@ class Study(Base):
     study_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
     # DA is YYYYMMDD (PS3.5 6.2); room for the legacy "YYYY.MM.DD" form as sent.
     study_date: Mapped[str | None] = mapped_column(String(16))
+    study_description: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
@@ -113,6 +114,13 @@ class Series(Base):
     series_number: Mapped[int | None] = mapped_column(Integer)
     series_description: Mapped[str | None] = mapped_column(String(64))
     body_part_examined: Mapped[str | None] = mapped_column(String(16))
+    # What eligibility reads, from the first instance recorded (PS3.3 C.7.3.1, C.8.2.1,
+    # C.7.6.4): SOP class, Image Type values joined by "\\", Protocol Name and
+    # Contrast/Bolus Agent.
+    sop_class_uid: Mapped[str | None] = mapped_column(UID)
+    image_type: Mapped[str | None] = mapped_column(String(128))
+    protocol_name: Mapped[str | None] = mapped_column(String(64))
+    contrast_agent: Mapped[str | None] = mapped_column(String(64))
     instance_count: Mapped[int] = mapped_column(default=0, server_default=text("0"))
     first_received_at: Mapped[datetime | None]
     last_received_at: Mapped[datetime | None]
@@ -143,6 +151,8 @@ class Instance(Base):
     sop_class_uid: Mapped[str] = mapped_column(UID)
     transfer_syntax_uid: Mapped[str] = mapped_column(UID)
     instance_number: Mapped[int | None] = mapped_column(Integer)
+    # Frames in a multi-frame object (Enhanced CT); None for single-frame images.
+    number_of_frames: Mapped[int | None] = mapped_column(Integer)
     image_position: Mapped[list[float] | None] = mapped_column(JSON)
     slice_position: Mapped[float | None] = mapped_column(Float)
     # Relative to the storage root and derived by the agent, never a raw UID.

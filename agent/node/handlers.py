@@ -179,6 +179,11 @@ class NodeHandlers:
             sha256=staged.sha256,
             calling_ae=calling_ae,
             received_at=datetime.now(UTC),
+            study_description=header.study_description,
+            image_type=header.image_type,
+            protocol_name=header.protocol_name,
+            contrast_agent=header.contrast_agent,
+            number_of_frames=header.number_of_frames,
         )
         return self._commit(staged, record)
 

@@ -50,6 +50,11 @@ class InstanceHeader:
     image_orientation: tuple[float, ...] | None
     pixel_spacing: tuple[float, float] | None
     slice_thickness: float | None
+    study_description: str | None = None
+    image_type: str | None = None
+    protocol_name: str | None = None
+    contrast_agent: str | None = None
+    number_of_frames: int | None = None
 
     @property
     def slice_position(self) -> float | None:
@@ -66,6 +71,15 @@ def _text(ds: Dataset, keyword: str) -> str | None:
     if value is None or value == "":
         return None
     return str(value).strip() or None
+
+
+def _multi_text(ds: Dataset, keyword: str) -> str | None:
+    """A multi-valued string as its values joined by backslash, the DICOM separator."""
+    value = ds.get(keyword)
+    if value is None or value == "":
+        return None
+    values = [value] if isinstance(value, str) else list(value)
+    return "\\".join(str(v).strip() for v in values) or None
 
 
 def _int(ds: Dataset, keyword: str) -> int | None:
@@ -123,6 +137,11 @@ _HEADER_TAGS = [
         "PixelSpacing",
         "SharedFunctionalGroupsSequence",
         "PerFrameFunctionalGroupsSequence",
+        "StudyDescription",
+        "ImageType",
+        "ProtocolName",
+        "ContrastBolusAgent",
+        "NumberOfFrames",
     )
 ]
 
@@ -199,6 +218,11 @@ def _from_dataset(ds: Dataset) -> InstanceHeader:
         image_orientation=orientation,
         pixel_spacing=spacing,  # type: ignore[arg-type]
         slice_thickness=thickness[0] if thickness else None,
+        study_description=_text(ds, "StudyDescription"),
+        image_type=_multi_text(ds, "ImageType"),
+        protocol_name=_text(ds, "ProtocolName"),
+        contrast_agent=_text(ds, "ContrastBolusAgent"),
+        number_of_frames=_int(ds, "NumberOfFrames"),
     )
 
 

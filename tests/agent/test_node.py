@@ -125,6 +125,11 @@ def test_storescu_series_is_stored_once(node: NodeUnderTest, tmp_path: Path) -> 
         assert series.instance_count == 24
         assert series.orientation_consistent is True
         assert series.slice_thickness == pytest.approx(2.5)
+        assert series.image_type == "ORIGINAL\\PRIMARY\\AXIAL"
+        assert (series.body_part_examined, series.protocol_name) == ("CHEST", "CHEST ROUTINE")
+        assert series.contrast_agent is None
+        assert series.sop_class_uid == CTImageStorage
+        assert series.study.study_description == "CT CHEST WITHOUT CONTRAST"
         # slices at z = 0, -2.5, ... with normal +z
         assert series.min_slice_position == pytest.approx(-23 * 2.5)
         assert series.max_slice_position == pytest.approx(0.0)

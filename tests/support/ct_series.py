@@ -59,6 +59,8 @@ def ct_slice(
     ds.SeriesNumber = 2
     ds.PatientPosition = "FFS"
     ds.SeriesDescription = "CHEST NON-CONTRAST"
+    ds.StudyDescription = "CT CHEST WITHOUT CONTRAST"
+    ds.ProtocolName = "CHEST ROUTINE"
     ds.BodyPartExamined = "CHEST"
     ds.Manufacturer = "HyperCT test"
     ds.FrameOfReferenceUID = series_uid + ".1" if len(series_uid) < 62 else generate_uid()
