@@ -182,6 +182,14 @@ class Job(Base):
     next_attempt_at: Mapped[datetime | None]
     claimed_by: Mapped[str | None] = mapped_column(String(128))
     claimed_at: Mapped[datetime | None]
+    # Outcome of the latest screening: which model, which revision of the
+    # results (bumped by each re-screening; part of the report UIDs) and
+    # whether the echo referral rule fired, with the tasks that fired it.
+    model_version: Mapped[str | None] = mapped_column(String(64))
+    revision: Mapped[int] = mapped_column(default=0, server_default=text("0"))
+    echo_referral: Mapped[bool | None] = mapped_column(Boolean)
+    referral_tasks: Mapped[list[str] | None] = mapped_column(JSON)
+    screened_at: Mapped[datetime | None]
 
     series: Mapped[Series] = relationship(back_populates="job")
     results: Mapped[list[Result]] = relationship(back_populates="job", passive_deletes=True)
@@ -226,6 +234,9 @@ class Report(Base):
     attempts: Mapped[int] = mapped_column(default=0, server_default=text("0"))
     last_error: Mapped[str | None] = mapped_column(Text)
     rel_path: Mapped[str | None] = mapped_column(String(512))
+    revision: Mapped[int] = mapped_column(default=0, server_default=text("0"))
+    claimed_by: Mapped[str | None] = mapped_column(String(128))
+    claimed_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     sent_at: Mapped[datetime | None]
     next_attempt_at: Mapped[datetime | None]

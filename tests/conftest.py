@@ -136,3 +136,16 @@ def engine(db_url: str) -> Iterator[Engine]:
 def session(engine: Engine) -> Iterator[Session]:
     with make_session_factory(engine)() as s:
         yield s
+
+
+@pytest.fixture
+def pg_engine(pg_server: _PgServer) -> Iterator[Engine]:
+    """An engine on a fresh PostgreSQL database, migrated to head (PostgreSQL-only tests)."""
+    url = pg_server.create_database()
+    eng = make_engine(url.render_as_string(hide_password=False))
+    upgrade(eng, ALEMBIC_DIR)
+    try:
+        yield eng
+    finally:
+        eng.dispose()
+        pg_server.drop_database(url.database or "")

@@ -2,28 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
-from agent.resources import alembic_dir
-from storage.db import make_engine, upgrade
 from tests.agent.conftest import start_test_node
 from tests.agent.test_node import scu_send
 from tests.support.ct_series import ct_series
-
-
-@pytest.fixture
-def pg_engine(pg_server) -> Iterator[Engine]:
-    url = pg_server.create_database()
-    engine = make_engine(url.render_as_string(hide_password=False))
-    upgrade(engine, alembic_dir())
-    yield engine
-    engine.dispose()
-    pg_server.drop_database(url.database or "")
 
 
 @pytest.mark.postgres
