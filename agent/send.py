@@ -9,7 +9,8 @@ from agent.config import Destination, NodeSettings
 from agent.logs import quiet_pynetdicom
 
 
-def _scu(node: NodeSettings) -> AE:
+def scu(node: NodeSettings) -> AE:
+    """An SCU Application Entity with the node's AE title and timeouts."""
     quiet_pynetdicom()
     ae = AE(ae_title=node.ae_title)
     ae.acse_timeout = node.timeouts.acse
@@ -21,7 +22,7 @@ def _scu(node: NodeSettings) -> AE:
 
 def echo(node: NodeSettings, dest: Destination) -> str | int:
     """C-ECHO ``dest``; 0 on success, else the status or a short reason."""
-    ae = _scu(node)
+    ae = scu(node)
     ae.add_requested_context(Verification)
     assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
     if assoc.is_rejected and assoc.acceptor.primitive is not None:

@@ -1,0 +1,71 @@
+"""``hyperct-agent reports resend UID``: deliver a report again."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from agent.errors import AgentError
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("reports", help="report deliveries")
+    rsub = p.add_subparsers(dest="reports_command", metavar="ACTION")
+    rsub.required = True
+    resend = rsub.add_parser(
+        "resend", help="send a report again (by report SOP/series UID or source series UID)"
+    )
+    resend.add_argument("uid")
+    resend.add_argument("--destination", help="only to this destination")
+    resend.add_argument("--config", type=Path, help="agent.toml (default: embedded defaults)")
+    resend.set_defaults(func=run_resend)
+
+
+def run_resend(args: argparse.Namespace) -> int:
+    from sqlalchemy import or_, select
+
+    from agent.runtime import open_runtime
+    from storage.audit import audit
+    from storage.models import Job, Report, ReportState, Series
+
+    runtime = open_runtime(args.config, migrate=False)
+    try:
+        with runtime.sessions.begin() as session:
+            source_jobs = (
+                select(Job.id)
+                .join(Series, Job.series_id == Series.id)
+                .where(Series.series_instance_uid == args.uid)
+            )
+            stmt = select(Report).where(
+                or_(
+                    Report.sop_instance_uid == args.uid,
+                    Report.series_instance_uid == args.uid,
+                    Report.job_id.in_(source_jobs),
+                )
+            )
+            if args.destination:
+                stmt = stmt.where(Report.destination == args.destination)
+            reports = list(session.scalars(stmt))
+            if not reports:
+                raise AgentError(f"no report for {args.uid!r}")
+            busy = [r for r in reports if r.state == ReportState.SENDING]
+            if busy:
+                raise AgentError(f"report {busy[0].id} is being sent right now; try again shortly")
+            for report in reports:
+                report.state = ReportState.PENDING
+                report.attempts = 0
+                report.next_attempt_at = None
+                report.last_error = None
+                audit(
+                    session,
+                    "admin",
+                    "report_resend",
+                    sop_instance_uid=report.sop_instance_uid,
+                    detail={"destination": report.destination},
+                )
+            count = len(reports)
+    finally:
+        runtime.close()
+    print(f"{count} report delivery(ies) queued; a running agent sends them within one sweep")
+    return 0

@@ -1,0 +1,84 @@
+"""The model the agent screens with: configured weights, or the bundled demo model.
+
+Loaded once, in the background, so the DICOM node starts at once and keeps
+receiving while the model loads (or fails to).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agent.config import ModelSettings
+from agent.logs import get_logger
+
+log = get_logger("agent.model")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    path: Path
+    is_demo: bool
+
+
+def model_source(settings: ModelSettings) -> ModelSource:
+    if settings.checkpoint is not None:
+        return ModelSource(settings.checkpoint, is_demo=False)
+    from hyperct_core.demo import demo_checkpoint_path
+
+    return ModelSource(demo_checkpoint_path(), is_demo=True)
+
+
+class ModelHolder:
+    """Loads the predictor on a background thread; ``get()`` waits for it."""
+
+    def __init__(self, settings: ModelSettings) -> None:
+        self.settings = settings
+        self._ready = threading.Event()
+        self._predictor: Any = None
+        self.error: str | None = None
+        self.source: ModelSource | None = None
+
+    def start(self) -> None:
+        threading.Thread(target=self._load, name="model-loader", daemon=True).start()
+
+    def _load(self) -> None:
+        try:
+            from hyperct_core import load_predictor
+
+            self.source = model_source(self.settings)
+            if self.source.is_demo:
+                log.warning(
+                    "screening with the bundled DEMO model: not for clinical use; "
+                    "set [model].checkpoint to an operator-provided checkpoint"
+                )
+            started = time.monotonic()
+            self._predictor = load_predictor(
+                self.source.path, device=self.settings.device, dtype=self.settings.dtype
+            )
+            card = self._predictor.card
+            log.info(
+                "model loaded",
+                name=card.name,
+                version=card.version,
+                demo=self.source.is_demo or not card.validated,
+                device=str(self._predictor.device),
+                seconds=round(time.monotonic() - started, 1),
+            )
+        except Exception as exc:  # reported, not raised: the node keeps receiving
+            self.error = f"{type(exc).__name__}: {exc}"
+            log.error("model could not be loaded; series will wait in the queue", error=self.error)
+        finally:
+            self._ready.set()
+
+    def get(self, timeout: float | None = None) -> Any:
+        """The predictor, or None while loading or after a failure."""
+        self._ready.wait(timeout)
+        return self._predictor
+
+    @property
+    def loaded(self) -> bool:
+        return self._predictor is not None

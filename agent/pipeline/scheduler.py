@@ -1,0 +1,135 @@
+"""The pipeline's clock: APScheduler runs sweep, screen and deliver inside ``serve``.
+
+Each stage is an interval job that never overlaps itself; a stage that
+produced work wakes the next at once, so a series does not wait a whole
+interval between stages. ``stop`` lets in-flight work finish for a grace
+period and then gives back whatever this process still holds (jobs back to
+``queued``, deliveries back to ``pending``), so nothing acknowledged is lost.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from sqlalchemy.orm import Session, sessionmaker
+
+from agent.config import Settings
+from agent.logs import get_logger
+from agent.pipeline.deliver import Deliverer
+from agent.pipeline.model import ModelHolder
+from agent.pipeline.screen import ReportWriter, Screener
+from agent.pipeline.sweep import Sweeper
+from storage.files import InstanceStore
+from storage.queue import release_jobs, release_reports
+
+log = get_logger("agent.pipeline")
+
+
+def worker_id() -> str:
+    """Who holds a claim: host, process and a random suffix (pids are reused)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class Pipeline:
+    def __init__(
+        self,
+        settings: Settings,
+        sessions: sessionmaker[Session],
+        store: InstanceStore,
+        write_reports: ReportWriter,
+        model: ModelHolder | None = None,
+    ) -> None:
+        self.settings = settings
+        self.sessions = sessions
+        self.worker = worker_id()
+        self.model = model or ModelHolder(settings.model)
+        self.sweeper = Sweeper(settings, sessions)
+        self.screener = Screener(settings, sessions, store, self.model, self.worker, write_reports)
+        self.deliverer = Deliverer(settings, sessions, store, self.worker)
+        self._stopping = threading.Event()
+        self._busy = 0
+        self._busy_lock = threading.Lock()
+        self._scheduler = BackgroundScheduler(
+            timezone=UTC,
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
+        )
+
+    def start(self) -> None:
+        self.model.start()
+        every = self.settings.pipeline.sweep_seconds
+        now = datetime.now(UTC)
+        stages: list[tuple[str, Callable[[], int], str | None]] = [
+            ("sweep", self.sweeper.run_once, "screen"),
+            ("screen", self._screen_all, "deliver"),
+            ("deliver", self.deliverer.run_once, None),
+        ]
+        for name, stage, then in stages:
+            self._scheduler.add_job(
+                self._guarded(name, stage, then),
+                "interval",
+                seconds=every,
+                id=name,
+                next_run_time=now,
+            )
+        self._scheduler.start()
+        log.info("pipeline started", worker=self.worker, every_seconds=every)
+
+    def wake(self, stage: str) -> None:
+        """Run ``stage`` as soon as possible (it never runs twice at once)."""
+        if self._stopping.is_set():
+            return
+        job = self._scheduler.get_job(stage)
+        if job is not None:
+            job.modify(next_run_time=datetime.now(UTC))
+
+    def _screen_all(self) -> int:
+        total = 0
+        while not self._stopping.is_set():
+            done = self.screener.run_once()
+            if not done:
+                break
+            total += done
+            self.wake("deliver")
+        return total
+
+    def _guarded(self, name: str, stage: Callable[[], int], then: str | None) -> Callable[[], None]:
+        def run() -> None:
+            if self._stopping.is_set():
+                return
+            with self._busy_lock:
+                self._busy += 1
+            try:
+                if stage() and then:
+                    self.wake(then)
+            except Exception as exc:  # logged here; the next interval tries again
+                log.error("pipeline stage failed", stage=name, error=f"{type(exc).__name__}: {exc}")
+            finally:
+                with self._busy_lock:
+                    self._busy -= 1
+
+        return run
+
+    def stop(self, grace_seconds: float = 10.0) -> bool:
+        """Stop taking work; wait up to ``grace_seconds``; give back what is still held.
+
+        Returns True when nothing was in flight at the end.
+        """
+        self._stopping.set()
+        self._scheduler.shutdown(wait=False)
+        deadline = time.monotonic() + grace_seconds
+        while self._busy and time.monotonic() < deadline:
+            time.sleep(0.05)
+        idle = self._busy == 0
+        with self.sessions.begin() as session:
+            jobs = release_jobs(session, self.worker)
+            reports = release_reports(session, self.worker)
+        if jobs or reports:
+            log.warning("work given back to the queue", jobs=jobs, reports=reports)
+        return idle

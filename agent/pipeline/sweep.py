@@ -1,0 +1,140 @@
+"""The sweep: decide what each arrived series is (waiting, partial, skipped, queued).
+
+For each job still ``receiving``: completeness first (idle timer plus
+geometry), then eligibility, then, among the eligible complete series of the
+same study, the one to screen. Every decision keeps its reasons in the job
+row, so ``hyperct-agent explain`` can show them. Each job is decided in its
+own short transaction with its row locked (``FOR UPDATE SKIP LOCKED`` on
+PostgreSQL), so two agent processes never decide the same series.
+
+Late instances (after a series was decided) follow ``[completeness]
+late_instances``: ``record`` keeps them and notes it on the job; ``rescreen``
+sends the series back through the sweep, and a new screening gets a new
+report revision.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from agent.config import Settings
+from agent.logs import get_logger
+from agent.series.completeness import judge_completeness
+from agent.series.eligibility import assess_eligibility
+from agent.series.facts import SeriesFacts, facts_from_db, study_facts_from_db
+from agent.series.selection import choose_series
+from storage.models import Job, JobState, Series
+from storage.types import utcnow
+
+log = get_logger("agent.sweep")
+
+# States whose series have been chosen for screening in their study.
+_CHOSEN = (JobState.QUEUED, JobState.RUNNING, JobState.DONE, JobState.FAILED)
+_DECIDED = (JobState.DONE, JobState.INCOMPLETE, JobState.SKIPPED, JobState.DEAD)
+
+
+class Sweeper:
+    def __init__(self, settings: Settings, sessions: sessionmaker[Session]) -> None:
+        self.settings = settings
+        self.sessions = sessions
+
+    def run_once(self, now: datetime | None = None) -> int:
+        """Decide every receiving series that can be decided now; returns how many were queued."""
+        now = now or utcnow()
+        self._late_instances(now)
+        with self.sessions() as session:
+            job_ids = session.scalars(
+                select(Job.id).where(Job.state == JobState.RECEIVING).order_by(Job.id)
+            ).all()
+        queued = 0
+        for job_id in job_ids:
+            with self.sessions.begin() as session:
+                queued += self._decide(session, job_id, now)
+        return queued
+
+    def _decide(self, session: Session, job_id: int, now: datetime) -> int:
+        job = session.scalars(
+            select(Job).where(Job.id == job_id).with_for_update(skip_locked=True)
+        ).one_or_none()
+        if job is None or job.state != JobState.RECEIVING:
+            return 0  # another process has it, or decided it meanwhile
+        facts = facts_from_db(session, job.series_id)
+        completeness = judge_completeness(facts, self.settings.completeness, now)
+        if completeness.state == "waiting":
+            job.reason = "; ".join(completeness.reasons) or None
+            return 0
+        if completeness.state != "complete":
+            self._set(job, JobState.INCOMPLETE, completeness.reasons, facts)
+            return 0
+        eligibility = assess_eligibility(facts, self.settings.eligibility)
+        if not eligibility.eligible:
+            failed = [f"{c.name}: {c.detail}" for c in eligibility.checks if not c.passed]
+            self._set(job, JobState.SKIPPED, ["not eligible", *failed], facts)
+            return 0
+        return self._select(session, job, facts)
+
+    def _select(self, session: Session, job: Job, facts: SeriesFacts) -> int:
+        """Screen one series per study: this one, or one already chosen."""
+        siblings = {
+            f.series_instance_uid: f
+            for f in study_facts_from_db(session, facts.study_instance_uid)
+            if f.series_instance_uid != facts.series_instance_uid
+        }
+        rows = session.execute(
+            select(Series.series_instance_uid, Job)
+            .join(Job, Job.series_id == Series.id)
+            .where(Series.series_instance_uid.in_(siblings), Job.state.in_(_CHOSEN))
+        ).all()
+        chosen_jobs = {uid: sibling for uid, sibling in rows}
+        if not chosen_jobs:
+            self._set(job, JobState.QUEUED, ["complete and eligible"], facts)
+            return 1
+        selection = choose_series([facts, *(siblings[uid] for uid in chosen_jobs)])
+        if selection.chosen_uid != facts.series_instance_uid:
+            reason = selection.reasons.get(facts.series_instance_uid, "another series was chosen")
+            self._set(job, JobState.SKIPPED, [f"not chosen: {reason}"], facts)
+            return 0
+        # This series is better; a sibling not screened yet gives way to it.
+        for uid, sibling in chosen_jobs.items():
+            if sibling.state in (JobState.QUEUED, JobState.FAILED):
+                reason = selection.reasons.get(uid, "another series was chosen")
+                self._set(sibling, JobState.SKIPPED, [f"not chosen: {reason}"], siblings[uid])
+        why = selection.reasons.get(facts.series_instance_uid, "chosen")
+        self._set(job, JobState.QUEUED, ["complete and eligible", why], facts)
+        return 1
+
+    def _set(self, job: Job, state: JobState, reasons: list[str], facts: SeriesFacts) -> None:
+        job.state = state
+        job.reason = "; ".join(reasons)
+        job.next_attempt_at = None
+        log.info(
+            "series decided", job=job.id, state=str(state), reason=job.reason, series=facts.label()
+        )
+
+    def _late_instances(self, now: datetime) -> None:
+        """Series that received instances after their decision."""
+        policy = self.settings.completeness.late_instances
+        with self.sessions.begin() as session:
+            late = (
+                session.execute(
+                    select(Job)
+                    .join(Series, Job.series_id == Series.id)
+                    .where(Job.state.in_(_DECIDED), Series.last_received_at > Job.updated_at)
+                    .with_for_update(skip_locked=True)
+                )
+                .scalars()
+                .all()
+            )
+            for job in late:
+                if policy == "rescreen":
+                    job.state = JobState.RECEIVING
+                    job.reason = "late instances: deciding again"
+                else:
+                    note = "late instances received after the decision (kept, not screened)"
+                    if note not in (job.reason or ""):
+                        job.reason = f"{job.reason}; {note}" if job.reason else note
+                job.updated_at = now
+                log.info("late instances", job=job.id, policy=policy)
