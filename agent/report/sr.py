@@ -1,0 +1,247 @@
+"""The machine-readable report: a TID 1500 Comprehensive 3D SR (PS3.16 A.35.1).
+
+Content tree::
+
+    Imaging Measurement Report (TID 1500), procedure reported: CT Chest
+      observation context: the agent as device observer (TID 1004)
+      Imaging Measurements
+        one Measurement Group (TID 1501) per task, study-level (no image regions):
+          tracking identifier (finding name) and tracking unique identifier
+          finding type, finding site where the task has one
+          algorithm identification (TID 4019): name, version, task and threshold
+          Probability (DCM 122157), UCUM "1"
+          <finding type> = Present | Absent at the threshold (CID 240)
+        an echo referral group, only when the rule fires:
+          Recommended Follow-up = Transthoracic echocardiography
+          Finding = <finding type of each triggering task>
+          algorithm parameters: the rule and the triggering task names
+
+The source series is cited once, in the Current Requested Procedure Evidence
+Sequence (PS3.3 C.17.2); the groups carry no source-image lists, which keeps a
+report on a 300-slice series at tens of kilobytes.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Sequence
+from typing import Any
+
+import highdicom as hd
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+
+from agent import __version__
+from agent.report import codes as rc
+from agent.report.inputs import Findings, ModelIdentity, ReportInputError
+from agent.report.referral import referral, rule_parameters
+from agent.report.uids import ReportUIDs
+from hyperct_core.tasks import task_by_name
+
+MANUFACTURER = "HyperCT Agent project"
+DEVICE_NAME = "HyperCT Agent"
+DEMO_MARK = "DEMO - not for clinical use"
+NOT_VERIFIED = "Generated automatically by software; not verified by a physician. Not a diagnosis."
+REFERRAL_TRACKING_NAME = "Echocardiography referral"
+REFERRAL_ALGORITHM = "HyperCT echo referral rule"
+
+
+def series_description(model: ModelIdentity) -> str:
+    """Series Description (LO, <= 64) of the report series."""
+    text = "HyperCT AI findings, unverified"
+    return f"{text} - {DEMO_MARK}" if model.is_demo else text
+
+
+def algorithm_name(model: ModelIdentity) -> str:
+    """Algorithm Name of TID 4019; a demo model says so here, where tree viewers show it."""
+    return f"{model.name} ({DEMO_MARK})" if model.is_demo else model.name
+
+
+def software_versions(model: ModelIdentity) -> list[str]:
+    return [f"hyperct-agent {__version__}", f"{model.name} {model.version}"]
+
+
+def device_observer(model: ModelIdentity) -> hd.sr.ObservationContext:
+    """Observation context with the agent as device observer (TID 1002/1004)."""
+    device = hd.sr.DeviceObserverIdentifyingAttributes(
+        uid=model.device_uid,
+        name=DEVICE_NAME,
+        manufacturer_name=MANUFACTURER,
+        model_name=algorithm_name(model),
+    )
+    return hd.sr.ObservationContext(
+        observer_device_context=hd.sr.ObserverContext(
+            observer_type=codes.DCM.Device,
+            observer_identifying_attributes=device,
+        )
+    )
+
+
+def processing_equipment(model: ModelIdentity) -> hd.ContributingEquipment:
+    """Contributing Equipment Sequence item, purpose Processing Equipment (PS3.3 C.12.1).
+
+    highdicom has no argument for Device UID (0018,1002), which this macro allows;
+    it is set on the item so that the equipment names the model's weights.
+    """
+    item = hd.ContributingEquipment(
+        manufacturer=MANUFACTURER,
+        purpose_of_reference=rc.PROCESSING_EQUIPMENT,
+        manufacturer_model_name=model.name,
+        software_versions=software_versions(model),
+        contribution_description=f"AI screening by {algorithm_name(model)} {model.version}",
+    )
+    item.DeviceUID = model.device_uid
+    return item
+
+
+class TaskMeasurementGroup(hd.sr.MeasurementsAndQualitativeEvaluations):
+    """TID 1501 Measurement and Qualitative Evaluation Group for one HyperCT task.
+
+    Study-level: the finding is about the whole CT, so no image region and no
+    source-image list (PS3.16 TID 1501 row "Source images" is optional).
+    """
+
+    def __init__(self, task: str, findings: Findings, model: ModelIdentity, uids: ReportUIDs):
+        coding = rc.FINDING_CODING[task]
+        threshold = findings.thresholds[task]
+        algorithm = hd.sr.AlgorithmIdentification(
+            name=algorithm_name(model),
+            version=model.version,
+            parameters=[f"task={task}", f"threshold={threshold:g}"],
+        )
+        sites = (
+            [hd.sr.FindingSite(anatomic_location=coding.finding_site)]
+            if coding.finding_site is not None
+            else None
+        )
+        probability = hd.sr.Measurement(
+            name=rc.PROBABILITY,
+            value=findings.probability(task),
+            unit=rc.NO_UNITS,
+        )
+        evaluation = hd.sr.QualitativeEvaluation(
+            name=coding.finding_type,
+            value=rc.PRESENT if findings.is_present(task) else rc.ABSENT,
+        )
+        super().__init__(
+            tracking_identifier=hd.sr.TrackingIdentifier(
+                uid=uids.tracking_uid(task),
+                identifier=task_by_name(task).display_name,
+            ),
+            finding_type=coding.finding_type,
+            finding_sites=sites,
+            algorithm_id=algorithm,
+            measurements=[probability],
+            qualitative_evaluations=[evaluation],
+        )
+
+
+class EchoReferralGroup(hd.sr.MeasurementsAndQualitativeEvaluations):
+    """TID 1501 group recommending transthoracic echocardiography (DCM 111053).
+
+    Lists each triggering task as a ``Finding`` with its finding type code; the
+    exact rule and the triggering task names are the group's algorithm
+    parameters (TID 4019), since two tasks can share a finding code.
+    """
+
+    def __init__(
+        self,
+        triggering: Sequence[str],
+        findings: Findings,
+        model: ModelIdentity,
+        uids: ReportUIDs,
+    ):
+        if not triggering:
+            raise ReportInputError("echo referral group: the rule did not fire")
+        algorithm = hd.sr.AlgorithmIdentification(
+            name=REFERRAL_ALGORITHM,
+            version=model.version,
+            parameters=[
+                "rule=any referral task probability >= its threshold",
+                *rule_parameters(findings),
+                f"triggered_by={','.join(triggering)}",
+            ],
+        )
+        evaluations = [hd.sr.QualitativeEvaluation(rc.RECOMMENDED_FOLLOW_UP, rc.TRANSTHORACIC_ECHO)]
+        evaluations += [
+            hd.sr.QualitativeEvaluation(rc.FINDING, rc.FINDING_CODING[t].finding_type)
+            for t in triggering
+        ]
+        super().__init__(
+            tracking_identifier=hd.sr.TrackingIdentifier(
+                uid=uids.tracking_uid("echo-referral"),
+                identifier=REFERRAL_TRACKING_NAME,
+            ),
+            algorithm_id=algorithm,
+            qualitative_evaluations=evaluations,
+        )
+
+
+def _check_source(source: Sequence[Dataset]) -> tuple[str, str]:
+    if not source:
+        raise ReportInputError("report: no source images")
+    study = {str(ds.StudyInstanceUID) for ds in source}
+    series = {str(ds.SeriesInstanceUID) for ds in source}
+    if len(study) != 1 or len(series) != 1:
+        raise ReportInputError("report: source images must be one series of one study")
+    return study.pop(), series.pop()
+
+
+def measurement_report(
+    source: Sequence[Dataset],
+    findings: Findings,
+    model: ModelIdentity,
+    *,
+    uids: ReportUIDs,
+    series_number: int,
+    instance_number: int = 1,
+    created: datetime.datetime | None = None,
+) -> hd.sr.Comprehensive3DSR:
+    """The TID 1500 Comprehensive 3D SR of one screened series.
+
+    ``source`` are the series' CT datasets (headers suffice); each is cited as
+    evidence and the first supplies the patient and study attributes.
+    """
+    _check_source(source)
+    groups: list[hd.sr.MeasurementsAndQualitativeEvaluations] = [
+        TaskMeasurementGroup(task, findings, model, uids) for task in findings.task_names
+    ]
+    triggering = referral(findings)
+    if triggering:
+        groups.append(EchoReferralGroup(triggering, findings, model, uids))
+    report = hd.sr.MeasurementReport(
+        observation_context=device_observer(model),
+        procedure_reported=rc.CT_CHEST,
+        imaging_measurements=groups,
+    )
+    return hd.sr.Comprehensive3DSR(
+        evidence=list(source),
+        content=report[0],
+        series_instance_uid=uids.series_instance_uid,
+        series_number=series_number,
+        sop_instance_uid=uids.measurement_report_uid,
+        instance_number=instance_number,
+        coding_schemes=[rc.private_coding_scheme()],
+        **document_attributes(model, created),
+    )
+
+
+def document_attributes(model: ModelIdentity, created: datetime.datetime | None) -> dict[str, Any]:
+    """Keyword arguments shared by both report documents (highdicom SR constructors)."""
+    now = created or datetime.datetime.now()
+    return {
+        "manufacturer": MANUFACTURER,
+        "manufacturer_model_name": model.name,
+        "software_versions": software_versions(model),
+        "series_description": series_description(model),
+        "is_complete": True,
+        # Final: this revision's content never changes (a change is a new revision).
+        # Physician review is carried by VerificationFlag, which stays UNVERIFIED.
+        "is_final": True,
+        "is_verified": False,
+        "contributing_equipment": [processing_equipment(model)],
+        "content_date": now.date(),
+        "content_time": now.time(),
+        "series_date": now.date(),
+        "series_time": now.time(),
+    }
