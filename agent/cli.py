@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from agent import __version__
 from agent.errors import AgentError
 
-COMMAND_MODULES = ("serve", "db", "echo", "status", "jobs", "reports", "model")
+COMMAND_MODULES = ("serve", "db", "echo", "status", "jobs", "reports", "model", "explain")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,7 +7,9 @@ look for in logs.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -33,7 +35,14 @@ def ct_slice(
     spacing: float = 2.5,
     sop_uid: str | None = None,
     seed: int = 0,
+    position: float | None = None,
+    attrs: dict[str, Any] | None = None,
 ) -> Dataset:
+    """Slice ``index`` of a series; ``position`` overrides the z of Image Position (Patient).
+
+    ``attrs`` sets any further attributes by keyword after the defaults
+    (e.g. ``{"ContrastBolusAgent": "IOPAMIDOL"}``); a value of ``None`` deletes one.
+    """
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = CTImageStorage
     meta.MediaStorageSOPInstanceUID = sop_uid or generate_uid()
@@ -67,7 +76,8 @@ def ct_slice(
     ds.PositionReferenceIndicator = ""
     ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
     ds.InstanceNumber = index + 1
-    ds.ImagePositionPatient = [-80.0, -80.0, -float(index) * spacing]
+    z = -float(index) * spacing if position is None else float(position)
+    ds.ImagePositionPatient = [-80.0, -80.0, z]
     ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
     ds.PixelSpacing = [0.7, 0.7]
     ds.SliceThickness = spacing
@@ -87,17 +97,46 @@ def ct_slice(
     rng = np.random.default_rng(seed * 100003 + index)
     pixels = rng.integers(0, 2000, size=(rows, columns), dtype=np.int16)
     ds.PixelData = pixels.tobytes()
+    for keyword, value in (attrs or {}).items():
+        if value is None:
+            if keyword in ds:
+                delattr(ds, keyword)
+        else:
+            setattr(ds, keyword, value)
     return ds
 
 
 def ct_series(
-    n: int, *, rows: int = 64, columns: int = 64, study_uid: str | None = None, seed: int = 0
+    n: int,
+    *,
+    rows: int = 64,
+    columns: int = 64,
+    study_uid: str | None = None,
+    seed: int = 0,
+    spacing: float = 2.5,
+    positions: Sequence[float] | None = None,
+    attrs: dict[str, Any] | None = None,
 ) -> list[Dataset]:
+    """``n`` slices ``spacing`` mm apart (also the Slice Thickness) in one new series.
+
+    ``positions`` gives each slice's z instead (gaps, duplicates, irregular
+    spacing); ``attrs`` overrides attributes of every slice (see :func:`ct_slice`).
+    """
     study_uid = study_uid or generate_uid()
     series_uid = generate_uid()
+    if positions is not None and len(positions) != n:
+        raise ValueError(f"{len(positions)} positions for {n} slices")
     return [
         ct_slice(
-            i, study_uid=study_uid, series_uid=series_uid, rows=rows, columns=columns, seed=seed
+            i,
+            study_uid=study_uid,
+            series_uid=series_uid,
+            rows=rows,
+            columns=columns,
+            seed=seed,
+            spacing=spacing,
+            position=None if positions is None else positions[i],
+            attrs=attrs,
         )
         for i in range(n)
     ]

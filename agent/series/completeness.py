@@ -1,0 +1,224 @@
+"""When a received series is complete: an idle timer plus its geometry.
+
+DICOM has no "end of series" message (a C-STORE association may carry any part
+of a series, PS3.4 B.2), so gateways wait until no instance has arrived for a
+while. An idle timer alone closes a series that stalled half-way; here the
+slice positions must also form a regular stack:
+
+- spacing: every step between sorted positions is the median step within
+  ``spacing_tolerance`` (as a fraction of the median);
+- no gaps: a step close to k times the median means k - 1 missing slices;
+- no two instances at one position, one orientation for all instances;
+- coverage: the stack spans at least ``min_coverage_mm``.
+
+Problems more instances could cure (missing slices, short coverage) keep the
+series waiting until it has been idle for ``force_seconds``; then it is
+recorded as partial with the reason and not screened. Problems more instances
+cannot cure (duplicate positions, irregular spacing, mixed orientation,
+instances without a position) make it partial as soon as the idle timer
+expires: waiting longer would only delay the verdict.
+
+An Enhanced CT (multi-frame) object is sent whole in one C-STORE, so its frames
+are complete by construction; its frame geometry is checked when the volume is
+read, because the database keeps one position per instance.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Literal
+
+from agent.config import CompletenessSettings
+from agent.series.facts import SeriesFacts
+
+CompletenessState = Literal["waiting", "complete", "partial"]
+
+# Steps shorter than this are two slices at one position (positions are written
+# with a few decimals, PS3.5 6.2 DS).
+DUPLICATE_MM = 0.01
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """The slice stack of a single-frame series, as far as positions tell."""
+
+    slices: int
+    spacing_mm: float | None  # median step between distinct positions
+    coverage_mm: float
+    missing_slices: int  # inferred from steps that are multiples of the spacing
+    duplicate_positions: int  # instances sharing a position with another
+    irregular_steps: int  # steps that are neither the spacing nor a multiple of it
+    unpositioned: int  # instances without Image Position/Orientation
+
+
+@dataclass(frozen=True)
+class Completeness:
+    """The verdict and every reason for it, most important first.
+
+    ``recheck_at`` is when the verdict can next change without a new instance
+    (the idle or forced timeout); None when it is final until one arrives.
+    """
+
+    state: CompletenessState
+    reasons: list[str]
+    geometry: Geometry | None = None
+    recheck_at: datetime | None = field(default=None, compare=False)
+
+
+def measure_geometry(facts: SeriesFacts, tolerance: float) -> Geometry:
+    """Spacing, gaps, duplicates and coverage of a single-frame series' positions."""
+    positions = facts.slice_positions
+    steps = [b - a for a, b in zip(positions, positions[1:], strict=False)]
+    distinct = [s for s in steps if s > DUPLICATE_MM]
+    spacing = statistics.median(distinct) if distinct else None
+    missing = irregular = 0
+    if spacing is not None:
+        for step in distinct:
+            ratio = step / spacing
+            k = round(ratio)
+            if abs(ratio - 1.0) <= tolerance:
+                continue
+            if k >= 2 and abs(ratio - k) <= tolerance:
+                missing += k - 1
+            else:
+                irregular += 1
+    return Geometry(
+        slices=len(positions),
+        spacing_mm=spacing,
+        coverage_mm=(positions[-1] - positions[0]) if positions else 0.0,
+        missing_slices=missing,
+        duplicate_positions=len(steps) - len(distinct),
+        irregular_steps=irregular,
+        unpositioned=max(facts.instance_count - len(positions), 0),
+    )
+
+
+def describe_geometry(g: Geometry) -> str:
+    spacing = "unknown" if g.spacing_mm is None else f"{g.spacing_mm:.3g} mm"
+    return f"{g.slices} positioned slices, spacing {spacing}, coverage {g.coverage_mm:.1f} mm"
+
+
+def _problems(
+    facts: SeriesFacts, g: Geometry, settings: CompletenessSettings
+) -> tuple[list[str], list[str]]:
+    """(curable, incurable) geometry problems as sentences."""
+    curable: list[str] = []
+    incurable: list[str] = []
+    if not facts.orientation_consistent:
+        incurable.append("instances have different orientations (Image Orientation (Patient))")
+    if g.unpositioned:
+        incurable.append(
+            f"{g.unpositioned} of {facts.instance_count} instances have no "
+            "Image Position/Orientation (Patient)"
+        )
+    if g.duplicate_positions:
+        incurable.append(f"{g.duplicate_positions} instances repeat another's slice position")
+    if g.irregular_steps:
+        incurable.append(
+            f"irregular spacing: {g.irregular_steps} steps differ from the median "
+            f"{g.spacing_mm:.3g} mm by more than {settings.spacing_tolerance:.0%}"
+        )
+    if g.missing_slices:
+        curable.append(f"{g.missing_slices} slices missing (gaps in the slice positions)")
+    if g.coverage_mm < settings.min_coverage_mm:
+        curable.append(
+            f"coverage {g.coverage_mm:.1f} mm is below the minimum {settings.min_coverage_mm:g} mm"
+        )
+    return curable, incurable
+
+
+def judge_completeness(
+    facts: SeriesFacts,
+    settings: CompletenessSettings,
+    now: datetime,
+    *,
+    final: bool = False,
+) -> Completeness:
+    """Whether ``facts`` is still arriving, complete, or partial (recorded, not screened).
+
+    ``now`` must be timezone-aware. ``final=True`` says no more instances will
+    come (a folder given to ``explain --dir``): the timers do not apply and any
+    geometry problem makes the series partial.
+    """
+    if now.tzinfo is None or now.utcoffset() is None:
+        raise ValueError("now must be a timezone-aware datetime")
+    if facts.instance_count == 0 or (facts.last_received_at is None and not final):
+        return Completeness("waiting", ["no instance received yet"])
+
+    if final:
+        idle = float("inf")
+        timer = "a folder: no more instances will arrive (timers do not apply)"
+        idle_deadline = force_deadline = None
+    else:
+        assert facts.last_received_at is not None
+        idle = (now - facts.last_received_at).total_seconds()
+        idle_deadline = facts.last_received_at + timedelta(seconds=settings.idle_seconds)
+        force_deadline = facts.last_received_at + timedelta(seconds=settings.force_seconds)
+        timer = f"idle {idle:.0f} s (idle timer {settings.idle_seconds:g} s)"
+        if idle < settings.idle_seconds:
+            return Completeness(
+                "waiting",
+                [
+                    f"still receiving: last instance {idle:.0f} s ago, idle timer "
+                    f"{settings.idle_seconds:g} s"
+                ],
+                recheck_at=idle_deadline,
+            )
+
+    if facts.is_multiframe:
+        return _judge_multiframe(facts, timer)
+
+    g = measure_geometry(facts, settings.spacing_tolerance)
+    summary = describe_geometry(g)
+    curable, incurable = _problems(facts, g, settings)
+    if not curable and not incurable:
+        return Completeness("complete", [timer, f"regular stack: {summary}"], g)
+    if incurable:
+        return Completeness(
+            "partial",
+            [*incurable, *curable, f"more instances cannot make it regular; {timer}", summary],
+            g,
+        )
+    if final or idle >= settings.force_seconds:
+        forced = (
+            timer
+            if final
+            else (f"forced after {idle:.0f} s idle (force timer {settings.force_seconds:g} s)")
+        )
+        return Completeness("partial", [*curable, forced, summary], g)
+    return Completeness(
+        "waiting",
+        [
+            *curable,
+            f"{timer}; waiting for the missing instances up to "
+            f"{settings.force_seconds:g} s idle, then recorded as partial",
+            summary,
+        ],
+        g,
+        recheck_at=force_deadline,
+    )
+
+
+def _judge_multiframe(facts: SeriesFacts, timer: str) -> Completeness:
+    if facts.multiframe_instances < facts.instance_count:
+        return Completeness(
+            "partial",
+            [
+                f"mixes {facts.multiframe_instances} multi-frame and "
+                f"{facts.instance_count - facts.multiframe_instances} single-frame instances",
+                timer,
+            ],
+        )
+    if not facts.orientation_consistent:
+        return Completeness("partial", ["multi-frame instances have different orientations", timer])
+    return Completeness(
+        "complete",
+        [
+            timer,
+            f"multi-frame (Enhanced CT): {facts.instance_count} object(s), "
+            f"{facts.number_of_frames} frames, each object sent whole; "
+            "frame spacing and coverage are checked when the volume is read",
+        ],
+    )

@@ -1,0 +1,307 @@
+"""What the series decisions read: one immutable summary per series.
+
+:class:`SeriesFacts` is built either from the database (a series the node
+received) or from a folder of DICOM files (``hyperct-agent explain --dir``).
+Both builders read the same header fields the same way (the files go through
+the node's own :func:`~agent.node.header.read_header`), so a decision on a
+folder is the decision the agent would make on receiving it.
+
+Only study/series descriptors and geometry are read; patient attributes are
+never looked at.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydicom.errors import InvalidDicomError
+from pydicom.filereader import read_file_meta_info
+from pydicom.uid import UID
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from agent.errors import AgentError
+from agent.node.header import InstanceHeader, InvalidIdentifier, UnreadableHeader, read_header
+from storage.ingest import same_orientation
+from storage.models import Instance, Series, Study
+
+
+class SeriesNotFound(AgentError):
+    """No series (or study) with the given UID or id is in the database."""
+
+
+@dataclass(frozen=True)
+class SeriesFacts:
+    """Everything completeness, eligibility and selection look at, for one series.
+
+    ``slice_positions`` holds Image Position (Patient) projected on the slice
+    normal (PS3.3 C.7.6.2.1.1), one per instance that has a position, sorted
+    ascending. A multi-frame (Enhanced CT, PS3.3 A.38) instance contributes the
+    position of its first frame only, as the node records it; its frames count
+    in ``number_of_frames``. ``first/last_received_at`` are timezone-aware.
+    """
+
+    series_instance_uid: str
+    study_instance_uid: str
+    modality: str | None = None
+    sop_class_uid: str | None = None
+    series_number: int | None = None
+    series_description: str | None = None
+    body_part_examined: str | None = None
+    protocol_name: str | None = None
+    study_description: str | None = None
+    # Image Type values joined by "\\" (PS3.3 C.7.6.1.1.2), e.g. "ORIGINAL\\PRIMARY\\AXIAL".
+    image_type: str | None = None
+    contrast_agent: str | None = None
+    instance_count: int = 0
+    # Frames over all instances: a single-frame image counts 1.
+    number_of_frames: int = 0
+    # Instances holding more than one frame.
+    multiframe_instances: int = 0
+    slice_positions: tuple[float, ...] = ()
+    orientation_consistent: bool = True
+    image_orientation: tuple[float, ...] | None = None
+    pixel_spacing: tuple[float, ...] | None = None
+    slice_thickness: float | None = None
+    first_received_at: datetime | None = None
+    last_received_at: datetime | None = None
+
+    @property
+    def is_multiframe(self) -> bool:
+        return self.multiframe_instances > 0
+
+    @property
+    def coverage_mm(self) -> float | None:
+        """Extent of the slice positions along the normal; None when not known.
+
+        Unknown for multi-frame series, whose frame positions are not summarised.
+        """
+        if self.is_multiframe or not self.slice_positions:
+            return None
+        return self.slice_positions[-1] - self.slice_positions[0]
+
+    @property
+    def image_type_values(self) -> tuple[str, ...]:
+        if not self.image_type:
+            return ()
+        return tuple(v.strip().upper() for v in self.image_type.split("\\"))
+
+    def label(self) -> str:
+        """A short human name: number and description, never patient data."""
+        number = "?" if self.series_number is None else str(self.series_number)
+        desc = f" {self.series_description!r}" if self.series_description else ""
+        return f"series {number}{desc}"
+
+
+# -- from the database -------------------------------------------------------
+
+
+def facts_from_db(session: Session, series: int | str) -> SeriesFacts:
+    """Facts of one stored series, by primary key or Series Instance UID.
+
+    Two queries: the series with its study, then its instances' positions.
+    Raises :class:`SeriesNotFound` when there is no such series.
+    """
+    where = Series.id == series if isinstance(series, int) else Series.series_instance_uid == series
+    found = _facts_where(session, where)
+    if not found:
+        raise SeriesNotFound(f"no series {series!r} in the database")
+    return found[0]
+
+
+def study_facts_from_db(session: Session, study_instance_uid: str) -> list[SeriesFacts]:
+    """Facts of every stored series of a study (empty when the study is unknown)."""
+    return _facts_where(session, Study.study_instance_uid == study_instance_uid)
+
+
+def _facts_where(session: Session, where: Any) -> list[SeriesFacts]:
+    rows = session.execute(
+        select(Series, Study.study_instance_uid, Study.study_description)
+        .join(Study, Series.study_id == Study.id)
+        .where(where)
+        .order_by(Series.series_number, Series.series_instance_uid)
+    ).all()
+    if not rows:
+        return []
+    ids = [row.Series.id for row in rows]
+    positions: dict[int, list[float]] = defaultdict(list)
+    frames: dict[int, list[int]] = defaultdict(list)
+    for series_id, position, n_frames in session.execute(
+        select(Instance.series_id, Instance.slice_position, Instance.number_of_frames).where(
+            Instance.series_id.in_(ids)
+        )
+    ):
+        if position is not None:
+            positions[series_id].append(float(position))
+        frames[series_id].append(n_frames or 1)
+    out = []
+    for row in rows:
+        s: Series = row.Series
+        counts = frames[s.id]
+        out.append(
+            SeriesFacts(
+                series_instance_uid=s.series_instance_uid,
+                study_instance_uid=row.study_instance_uid,
+                modality=s.modality,
+                sop_class_uid=s.sop_class_uid,
+                series_number=s.series_number,
+                series_description=s.series_description,
+                body_part_examined=s.body_part_examined,
+                protocol_name=s.protocol_name,
+                study_description=row.study_description,
+                image_type=s.image_type,
+                contrast_agent=s.contrast_agent,
+                instance_count=s.instance_count,
+                number_of_frames=sum(counts),
+                multiframe_instances=sum(1 for n in counts if n > 1),
+                slice_positions=tuple(sorted(positions[s.id])),
+                orientation_consistent=bool(s.orientation_consistent),
+                image_orientation=_tuple(s.image_orientation),
+                pixel_spacing=_tuple(s.pixel_spacing),
+                slice_thickness=s.slice_thickness,
+                first_received_at=s.first_received_at,
+                last_received_at=s.last_received_at,
+            )
+        )
+    return out
+
+
+def _tuple(values: Sequence[float] | None) -> tuple[float, ...] | None:
+    return None if values is None else tuple(float(v) for v in values)
+
+
+# -- from files ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FolderFacts:
+    """The series found among some files, and the files that were not DICOM."""
+
+    series: list[SeriesFacts]
+    skipped: list[tuple[Path, str]]
+
+
+def facts_from_files(paths: Iterable[Path | str]) -> list[SeriesFacts]:
+    """Facts of every series among ``paths`` (DICOM Part 10 files; others are ignored).
+
+    Headers only (pixel data is never read). Descriptive strings are cut to
+    the database's column widths so a folder and a stored series compare equal.
+    Receive times are the files' modification times. See :func:`read_files`
+    for the files that were skipped.
+    """
+    return read_files(paths).series
+
+
+def read_files(paths: Iterable[Path | str]) -> FolderFacts:
+    """Like :func:`facts_from_files`, also naming each file skipped and why."""
+    by_series: dict[str, list[tuple[InstanceHeader, datetime]]] = defaultdict(list)
+    skipped: list[tuple[Path, str]] = []
+    seen: set[str] = set()
+    for raw in paths:
+        path = Path(raw)
+        try:
+            header = read_part10_header(path)
+            mtime = datetime.fromtimestamp(path.stat().st_mtime, UTC)
+        except (OSError, UnreadableHeader, InvalidIdentifier, InvalidDicomError) as exc:
+            skipped.append((path, str(exc) or type(exc).__name__))
+            continue
+        if header.sop_instance_uid in seen:  # a copy: the node records it once
+            continue
+        seen.add(header.sop_instance_uid)
+        by_series[header.series_instance_uid].append((header, mtime))
+    series = [_facts_from_headers(items) for items in by_series.values()]
+    series.sort(key=lambda f: (f.study_instance_uid, f.series_number or 0, f.series_instance_uid))
+    return FolderFacts(series, skipped)
+
+
+def read_folder(folder: Path) -> FolderFacts:
+    """Every regular file under ``folder``, recursively, in name order."""
+    return read_files(sorted(p for p in folder.rglob("*") if p.is_file()))
+
+
+def read_part10_header(path: Path) -> InstanceHeader:
+    """The node's header reading applied to a Part 10 file (PS3.10 7.1).
+
+    The dataset after the File Meta Information goes through
+    :func:`~agent.node.header.read_header` exactly as a received C-STORE
+    dataset does, in the file's transfer syntax.
+    """
+    meta = read_file_meta_info(path)  # raises InvalidDicomError without 'DICM'
+    ts = meta.get("TransferSyntaxUID")
+    if not ts:
+        raise UnreadableHeader("no Transfer Syntax UID in the file meta information")
+    with path.open("rb") as fp:
+        fp.seek(132)
+        head = fp.read(12)
+        # (0002,0000) UL, Type 1 (PS3.10 7.1): the meta group's length gives the dataset offset.
+        if len(head) < 12 or head[:6] != b"\x02\x00\x00\x00UL":
+            raise UnreadableHeader("no File Meta Information Group Length")
+        (group_length,) = struct.unpack("<I", head[8:12])
+        fp.seek(144 + group_length)
+        dataset = fp.read()
+    return read_header(dataset, UID(str(ts)))
+
+
+_FIT = {
+    "modality": 16,
+    "series_description": 64,
+    "body_part_examined": 16,
+    "protocol_name": 64,
+    "study_description": 64,
+    "image_type": 128,
+    "contrast_agent": 64,
+}
+
+
+def _fit(value: str | None, field: str) -> str | None:
+    return None if value is None else value[: _FIT[field]]
+
+
+def _facts_from_headers(items: list[tuple[InstanceHeader, datetime]]) -> SeriesFacts:
+    # The series row keeps the first recorded instance's descriptors; a folder
+    # has no arrival order, so take the lowest Instance Number.
+    items = sorted(items, key=lambda it: (it[0].instance_number is None, it[0].instance_number))
+    first = items[0][0]
+    headers = [h for h, _ in items]
+    orientation = next((h.image_orientation for h in headers if h.image_orientation), None)
+    consistent = all(
+        h.image_orientation is None
+        or orientation is None
+        or same_orientation(orientation, h.image_orientation)
+        for h in headers
+    )
+    frames = [h.number_of_frames or 1 for h in headers]
+    times = [t for _, t in items]
+    return SeriesFacts(
+        series_instance_uid=first.series_instance_uid,
+        study_instance_uid=first.study_instance_uid,
+        modality=_fit(first.modality, "modality"),
+        sop_class_uid=first.sop_class_uid,
+        series_number=first.series_number,
+        series_description=_fit(first.series_description, "series_description"),
+        body_part_examined=_fit(first.body_part_examined, "body_part_examined"),
+        protocol_name=_fit(first.protocol_name, "protocol_name"),
+        study_description=_fit(first.study_description, "study_description"),
+        image_type=_fit(first.image_type, "image_type"),
+        contrast_agent=_fit(first.contrast_agent, "contrast_agent"),
+        instance_count=len(headers),
+        number_of_frames=sum(frames),
+        multiframe_instances=sum(1 for n in frames if n > 1),
+        slice_positions=tuple(
+            sorted(h.slice_position for h in headers if h.slice_position is not None)
+        ),
+        orientation_consistent=consistent,
+        image_orientation=orientation,
+        pixel_spacing=next((h.pixel_spacing for h in headers if h.pixel_spacing), None),
+        slice_thickness=next(
+            (h.slice_thickness for h in headers if h.slice_thickness is not None), None
+        ),
+        first_received_at=min(times),
+        last_received_at=max(times),
+    )
