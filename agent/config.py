@@ -112,9 +112,11 @@ class CompletenessSettings(_Section):
 class EligibilitySettings(_Section):
     """Which series are non-contrast chest CT (see ``agent.series.eligibility``).
 
-    Patterns are case-insensitive regular expressions matched against the
-    series' Body Part Examined, Series Description, Protocol Name and Study
-    Description.
+    Patterns are case-insensitive regular expressions (``re.search``). Chest
+    patterns are matched against Body Part Examined, Series Description,
+    Protocol Name and Study Description; contrast patterns against the three
+    descriptions; exclude patterns against the Series Description only (a
+    protocol or study description is shared by every series of the study).
     """
 
     modalities: list[str] = ["CT"]
@@ -137,7 +139,9 @@ class EligibilitySettings(_Section):
         r"topo",
         r"locali[sz]er",
         r"surview",
-        r"dose",
+        # Dose screens and reports, not "LOW DOSE CHEST" (lung screening is non-contrast chest CT).
+        r"dose\s*(report|info|summary|screen)",
+        r"patient protocol",
         r"\bmip\b",
         r"minip",
         r"\bvrt?\b",
