@@ -13,7 +13,7 @@ Content tree::
           <finding type> = Present | Absent at the threshold (CID 240)
         an echo referral group, only when the rule fires:
           Recommended Follow-up = Transthoracic echocardiography
-          Finding = <finding type of each triggering task>
+          <finding type of each triggering task> = Present
           algorithm parameters: the rule and the triggering task names
 
 The source series is cited once, in the Current Requested Procedure Evidence
@@ -139,9 +139,9 @@ class TaskMeasurementGroup(hd.sr.MeasurementsAndQualitativeEvaluations):
 class EchoReferralGroup(hd.sr.MeasurementsAndQualitativeEvaluations):
     """TID 1501 group recommending transthoracic echocardiography (DCM 111053).
 
-    Lists each triggering task as a ``Finding`` with its finding type code; the
-    exact rule and the triggering task names are the group's algorithm
-    parameters (TID 4019), since two tasks can share a finding code.
+    Lists each triggering task as ``<finding type> = Present``; the exact rule
+    and the triggering task names are the group's algorithm parameters
+    (TID 4019), since two tasks can share a finding code.
     """
 
     def __init__(
@@ -163,8 +163,10 @@ class EchoReferralGroup(hd.sr.MeasurementsAndQualitativeEvaluations):
             ],
         )
         evaluations = [hd.sr.QualitativeEvaluation(rc.RECOMMENDED_FOLLOW_UP, rc.TRANSTHORACIC_ECHO)]
+        # Each trigger as "<finding> = Present", the same statement as in its task group.
+        # Not as "Finding = <code>": DCM 121071 "Finding" is TID 1501's finding type row.
         evaluations += [
-            hd.sr.QualitativeEvaluation(rc.FINDING, rc.FINDING_CODING[t].finding_type)
+            hd.sr.QualitativeEvaluation(rc.FINDING_CODING[t].finding_type, rc.PRESENT)
             for t in triggering
         ]
         super().__init__(

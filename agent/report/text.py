@@ -93,7 +93,7 @@ def text_report(
     sections = render_sections(findings, model)
     root = hd.sr.ContainerContentItem(name=rc.CT_CHEST_REPORT)
     # ObservationContext is a highdicom Template: a list of content items.
-    items: list[hd.sr.ContentItem] = [*device_observer(model)]  # type: ignore[misc]
+    items: list[hd.sr.ContentItem] = [*device_observer(model)]
     items.append(
         hd.sr.TextContentItem(rc.FINDINGS, sections["findings"], relationship_type="CONTAINS")
     )
