@@ -50,7 +50,8 @@ def _from_folder(folder: Path, config: Path | None) -> list[Any]:
         raise AgentError(f"{folder}: not a folder")
     found = read_folder(folder)
     if not found.series:
-        raise AgentError(f"{folder}: no DICOM files found ({len(found.skipped)} other files)")
+        others = f" ({len(found.skipped)} other files)" if found.skipped else ""
+        raise AgentError(f"{folder}: no DICOM files found{others}")
     if found.skipped:
         print(f"note: {len(found.skipped)} files under {folder} are not readable DICOM; ignored")
     return decide_studies(

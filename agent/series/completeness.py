@@ -95,9 +95,13 @@ def measure_geometry(facts: SeriesFacts, tolerance: float) -> Geometry:
     )
 
 
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
 def describe_geometry(g: Geometry) -> str:
     spacing = "unknown" if g.spacing_mm is None else f"{g.spacing_mm:.3g} mm"
-    return f"{g.slices} positioned slices, spacing {spacing}, coverage {g.coverage_mm:.1f} mm"
+    return f"{_n(g.slices, 'positioned slice')}, spacing {spacing}, coverage {g.coverage_mm:.1f} mm"
 
 
 def _problems(
@@ -114,14 +118,16 @@ def _problems(
             "Image Position/Orientation (Patient)"
         )
     if g.duplicate_positions:
-        incurable.append(f"{g.duplicate_positions} instances repeat another's slice position")
+        incurable.append(
+            f"{_n(g.duplicate_positions, 'instance')} at a position another instance holds"
+        )
     if g.irregular_steps:
         incurable.append(
-            f"irregular spacing: {g.irregular_steps} steps differ from the median "
+            f"irregular spacing: {_n(g.irregular_steps, 'step')} differ from the median "
             f"{g.spacing_mm:.3g} mm by more than {settings.spacing_tolerance:.0%}"
         )
     if g.missing_slices:
-        curable.append(f"{g.missing_slices} slices missing (gaps in the slice positions)")
+        curable.append(f"{_n(g.missing_slices, 'slice')} missing (gaps in the slice positions)")
     if g.coverage_mm < settings.min_coverage_mm:
         curable.append(
             f"coverage {g.coverage_mm:.1f} mm is below the minimum {settings.min_coverage_mm:g} mm"

@@ -209,5 +209,6 @@ def _thickness(facts: SeriesFacts, s: EligibilitySettings) -> Check:
 def _slices(facts: SeriesFacts, s: EligibilitySettings) -> Check:
     n = facts.number_of_frames
     ok = n >= s.min_slices
-    what = "frames" if facts.is_multiframe else "slices"
+    what = "frame" if facts.is_multiframe else "slice"
+    what += "" if n == 1 else "s"
     return Check("slices", ok, f"{n} {what} ({'>=' if ok else '<'} {s.min_slices})")

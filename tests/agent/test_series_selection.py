@@ -120,6 +120,6 @@ def test_a_thin_series_with_a_missing_slice_is_partial_and_the_next_best_is_scre
     holed_decision = next(d for d in study.series if d.facts is thin_holed)
     assert holed_decision.completeness.state == "partial"
     reasons = holed_decision.completeness.reasons
-    assert reasons[0] == "1 slices missing (gaps in the slice positions)"
+    assert reasons[0] == "1 slice missing (gaps in the slice positions)"
     assert holed_decision.outcome == "skip"
     assert study.chosen is not None and study.chosen.facts is THICK
