@@ -216,7 +216,7 @@ def measurement_report(
         procedure_reported=rc.CT_CHEST,
         imaging_measurements=groups,
     )
-    return hd.sr.Comprehensive3DSR(
+    document = hd.sr.Comprehensive3DSR(
         evidence=list(source),
         content=report[0],
         series_instance_uid=uids.series_instance_uid,
@@ -226,6 +226,16 @@ def measurement_report(
         coding_schemes=[rc.private_coding_scheme()],
         **document_attributes(model, created),
     )
+    set_device_uid(document, model)
+    return document
+
+
+def set_device_uid(document: Dataset, model: ModelIdentity) -> None:
+    """General Equipment Device UID (PS3.3 C.7.5.1): the model that made this document.
+
+    highdicom's constructors take no Device UID, so it is set afterwards.
+    """
+    document.DeviceUID = model.device_uid
 
 
 def document_attributes(model: ModelIdentity, created: datetime.datetime | None) -> dict[str, Any]:

@@ -22,7 +22,13 @@ from pydicom.dataset import Dataset
 from agent.report import codes as rc
 from agent.report.inputs import Findings, ModelIdentity
 from agent.report.referral import RULE_TEXT, referral
-from agent.report.sr import DEMO_MARK, NOT_VERIFIED, device_observer, document_attributes
+from agent.report.sr import (
+    DEMO_MARK,
+    NOT_VERIFIED,
+    device_observer,
+    document_attributes,
+    set_device_uid,
+)
 from agent.report.uids import ReportUIDs
 from agent.resources import templates_dir
 from hyperct_core.tasks import task_by_name
@@ -103,7 +109,7 @@ def text_report(
         )
     )
     root.ContentSequence = hd.sr.ContentSequence(items)
-    return hd.sr.ComprehensiveSR(
+    document = hd.sr.ComprehensiveSR(
         evidence=list(source),
         content=root,
         series_instance_uid=uids.series_instance_uid,
@@ -112,3 +118,5 @@ def text_report(
         instance_number=instance_number,
         **document_attributes(model, created),
     )
+    set_device_uid(document, model)
+    return document

@@ -11,6 +11,7 @@ import os
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import highdicom as hd
 import pytest
@@ -54,8 +55,8 @@ def dsrdump(path: Path) -> tuple[int, str]:
 
 @dataclass
 class ParsedGroup:
-    tracking_identifier: str
-    tracking_uid: str
+    tracking_identifier: str | None
+    tracking_uid: str | None
     finding_type: hd.sr.CodedConcept | None
     finding_sites: list[hd.sr.CodedConcept]
     algorithm_name: str | None = None
@@ -63,7 +64,8 @@ class ParsedGroup:
     algorithm_parameters: list[str] = field(default_factory=list)
     probability: float | None = None
     probability_unit: hd.sr.CodedConcept | None = None
-    evaluations: list[tuple[hd.sr.CodedConcept, hd.sr.CodedConcept]] = field(default_factory=list)
+    # (concept name, coded value) of each qualitative evaluation.
+    evaluations: list[tuple[hd.sr.CodedConcept, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -103,7 +105,7 @@ def parse_measurement_report(path: Path) -> ParsedReport:
             parsed.probability = m.value
             parsed.probability_unit = m.unit
         parsed.evaluations = [(e.name, e.value) for e in group.get_qualitative_evaluations()]
-        task = _DISPLAY_TO_TASK.get(parsed.tracking_identifier)
+        task = _DISPLAY_TO_TASK.get(parsed.tracking_identifier or "")
         if task is None:
             assert referral is None, "two groups that are not tasks"
             referral = parsed

@@ -278,6 +278,8 @@ def test_contributing_equipment_names_the_model(source, tmp_path):
     paths = build_and_write(source, Findings.from_model(probabilities(), model), model, tmp_path)
     for path in paths:
         ds = pydicom.dcmread(path)
+        assert ds.DeviceUID == model.device_uid  # General Equipment
+        assert ds.Manufacturer and ds.ManufacturerModelName == "hyperct-test"
         processing = [
             item
             for item in ds.ContributingEquipmentSequence
