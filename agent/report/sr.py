@@ -179,14 +179,44 @@ class EchoReferralGroup(hd.sr.MeasurementsAndQualitativeEvaluations):
         )
 
 
-def _check_source(source: Sequence[Dataset]) -> tuple[str, str]:
+# Type 2 Patient and General Study attributes that highdicom reads from the first source.
+_TYPE2_FROM_SOURCE = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "AccessionNumber",
+    "StudyID",
+    "ReferringPhysicianName",
+)
+
+
+def prepare_source(source: Sequence[Dataset]) -> list[Dataset]:
+    """Check that ``source`` is one series of one study; return it as evidence.
+
+    A source that omits a Type 2 patient or study attribute (PS3.3 C.7.1.1,
+    C.7.2.1) is legal, but highdicom reads them unconditionally; the first
+    dataset is replaced by a shallow copy carrying them empty, as the SR must.
+    """
     if not source:
         raise ReportInputError("report: no source images")
+    if any("StudyInstanceUID" not in ds or "SeriesInstanceUID" not in ds for ds in source):
+        raise ReportInputError("report: a source image has no Study or Series Instance UID")
     study = {str(ds.StudyInstanceUID) for ds in source}
     series = {str(ds.SeriesInstanceUID) for ds in source}
     if len(study) != 1 or len(series) != 1:
         raise ReportInputError("report: source images must be one series of one study")
-    return study.pop(), series.pop()
+    evidence = list(source)
+    missing = [k for k in _TYPE2_FROM_SOURCE if k not in evidence[0]]
+    if missing:
+        # A new element dict (values shared): the caller's dataset stays as it was.
+        first = Dataset(dict(evidence[0].items()))
+        for keyword in missing:
+            setattr(first, keyword, "")
+        evidence[0] = first
+    return evidence
 
 
 def measurement_report(
@@ -204,7 +234,7 @@ def measurement_report(
     ``source`` are the series' CT datasets (headers suffice); each is cited as
     evidence and the first supplies the patient and study attributes.
     """
-    _check_source(source)
+    evidence = prepare_source(source)
     groups: list[hd.sr.MeasurementsAndQualitativeEvaluations] = [
         TaskMeasurementGroup(task, findings, model, uids) for task in findings.task_names
     ]
@@ -217,7 +247,7 @@ def measurement_report(
         imaging_measurements=groups,
     )
     document = hd.sr.Comprehensive3DSR(
-        evidence=list(source),
+        evidence=evidence,
         content=report[0],
         series_instance_uid=uids.series_instance_uid,
         series_number=series_number,

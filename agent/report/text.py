@@ -27,6 +27,7 @@ from agent.report.sr import (
     NOT_VERIFIED,
     device_observer,
     document_attributes,
+    prepare_source,
     set_device_uid,
 )
 from agent.report.uids import ReportUIDs
@@ -110,7 +111,7 @@ def text_report(
     )
     root.ContentSequence = hd.sr.ContentSequence(items)
     document = hd.sr.ComprehensiveSR(
-        evidence=list(source),
+        evidence=prepare_source(source),
         content=root,
         series_instance_uid=uids.series_instance_uid,
         series_number=series_number,

@@ -273,6 +273,21 @@ def test_patient_and_study_attributes_come_from_the_source(source, tmp_path):
         assert cited == {d.SOPInstanceUID for d in source}
 
 
+def test_source_without_type2_attributes_still_makes_valid_reports(tmp_path):
+    source = ct_series(3, rows=8, columns=8)
+    for ds in source:
+        for keyword in ("PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID"):
+            delattr(ds, keyword)
+    model = make_model()
+    paths = build_and_write(source, Findings.from_model(probabilities(), model), model, tmp_path)
+    assert "PatientSex" not in source[0]  # the caller's dataset is left alone
+    for path in paths:
+        assert dciodvfy(path).errors == []
+        ds = pydicom.dcmread(path)
+        assert ds.PatientSex == "" and ds.AccessionNumber == "" and ds.StudyID == ""
+        assert ds.PatientID == source[0].PatientID
+
+
 def test_contributing_equipment_names_the_model(source, tmp_path):
     model = make_model(is_demo=False)
     paths = build_and_write(source, Findings.from_model(probabilities(), model), model, tmp_path)
