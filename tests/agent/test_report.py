@@ -35,7 +35,7 @@ from agent.report.sr import DEMO_MARK
 from hyperct_core.checkpoint import ModelCard
 from hyperct_core.tasks import NUM_TASKS, TASK_NAMES, TASKS, task_by_name
 from tests.agent.report_tools import dciodvfy, dsrdump, parse_measurement_report, walk
-from tests.support.ct_series import ct_series
+from tests.support.ct_series import ct_series, write_series
 
 # Distinct per-task thresholds, so a test cannot pass by assuming one threshold for all.
 CARD_THRESHOLDS = {name: round(0.30 + 0.02 * i, 2) for i, name in enumerate(TASK_NAMES)}
@@ -286,6 +286,19 @@ def test_source_without_type2_attributes_still_makes_valid_reports(tmp_path):
         ds = pydicom.dcmread(path)
         assert ds.PatientSex == "" and ds.AccessionNumber == "" and ds.StudyID == ""
         assert ds.PatientID == source[0].PatientID
+
+
+def test_headers_read_from_files_are_enough(source, tmp_path):
+    """The pipeline passes ``dcmread(..., stop_before_pixels=True)`` headers."""
+    model = make_model()
+    findings = Findings.from_model(probabilities(0.7), model)
+    files = write_series(source, tmp_path / "ct")
+    headers = [pydicom.dcmread(p, stop_before_pixels=True) for p in files]
+    from_files = build_reports(headers, findings, model, series_number=9901)
+    in_memory = build_reports(source, findings, model, series_number=9901)
+    assert [r.SOPInstanceUID for r in from_files] == [r.SOPInstanceUID for r in in_memory]
+    for path in write_reports(from_files, tmp_path / "sr"):
+        assert dciodvfy(path).errors == []
 
 
 def test_contributing_equipment_names_the_model(source, tmp_path):
