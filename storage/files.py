@@ -50,6 +50,11 @@ def _write_durably(path: Path, chunks: list[bytes]) -> None:
     os.close(fd)
 
 
+def report_rel_path(source_series_uid: str, sop_uid: str) -> str:
+    """Storage path of a report the agent produced, relative to the root."""
+    return f"reports/{_digest(source_series_uid, 16)}/{_digest(sop_uid, 32)}.dcm"
+
+
 def derived_rel_path(study_uid: str, series_uid: str, sop_uid: str, sha256: str) -> str:
     """Storage path of an instance, relative to the root; content-addressed per SOP UID.
 
@@ -124,6 +129,15 @@ class InstanceStore:
         tmp = self._tmp / f"{uuid.uuid4().hex}.part"
         digest = self._workers.submit(_sha256, hashed)
         return StagedFile(tmp, size, digest, self._workers.submit(_write_durably, tmp, chunks))
+
+    def save(self, rel_path: str, data: bytes) -> Path:
+        """Write ``data`` durably under ``rel_path`` (temp file, fsync, rename)."""
+        staged = self.stage([data], data)
+        try:
+            return self.publish(staged, rel_path)
+        except BaseException:
+            self.discard(staged)
+            raise
 
     def lock_for(self, rel_path: str) -> threading.Lock:
         return self._locks[hash(rel_path) % len(self._locks)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import threading
 from pathlib import Path
@@ -13,8 +14,14 @@ from agent.errors import AgentError
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("serve", help="run the DICOM node (and, later, the screening pipeline)")
+    p = sub.add_parser("serve", help="run the DICOM node and the screening pipeline")
     p.add_argument("--config", type=Path, help="agent.toml (default: the embedded defaults)")
+    p.add_argument(
+        "--grace",
+        type=float,
+        default=10.0,
+        help="seconds to let in-flight screening finish at shutdown before requeueing it",
+    )
     p.set_defaults(func=run)
 
 
@@ -22,6 +29,8 @@ def run(args: argparse.Namespace) -> int:
     from agent.logs import get_logger
     from agent.node.handlers import NodeHandlers
     from agent.node.server import start_node
+    from agent.pipeline.reporting import ReportFiles
+    from agent.pipeline.scheduler import Pipeline
     from agent.runtime import open_runtime
     from storage.audit import audit
 
@@ -54,6 +63,11 @@ def run(args: argparse.Namespace) -> int:
         version=__version__,
     )
 
+    pipeline = Pipeline(settings, runtime.sessions, store, ReportFiles(store, settings.reports))
+    pipeline.start()
+    if not settings.destinations:
+        log.warning("no [[destinations]] configured: reports are kept but not sent")
+
     stop = threading.Event()
 
     def _on_signal(signum: int, _frame: object) -> None:
@@ -65,10 +79,18 @@ def run(args: argparse.Namespace) -> int:
     try:
         stop.wait()
     finally:
+        # Stop receiving first (an instance not yet acknowledged is resent by
+        # its sender), then let in-flight pipeline work finish or give it back.
         node.stop()
+        idle = pipeline.stop(grace_seconds=args.grace)
         store.close()
         with runtime.sessions.begin() as session:
             audit(session, "application", "stopped")
         runtime.close()
-        log.info("stopped")
+        log.info("stopped", in_flight_abandoned=not idle)
+        if not idle:
+            # A batch still in inference cannot be interrupted; its jobs are
+            # back in the queue and its late result would be refused, so leave
+            # without waiting for it.
+            os._exit(0)
     return 0

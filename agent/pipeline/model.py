@@ -41,6 +41,7 @@ class ModelHolder:
         self._predictor: Any = None
         self.error: str | None = None
         self.source: ModelSource | None = None
+        self.identity: Any = None  # agent.report.ModelIdentity once loaded
 
     def start(self) -> None:
         threading.Thread(target=self._load, name="model-loader", daemon=True).start()
@@ -60,11 +61,12 @@ class ModelHolder:
                 self.source.path, device=self.settings.device, dtype=self.settings.dtype
             )
             card = self._predictor.card
+            self.identity = _identity(self.source, card)
             log.info(
                 "model loaded",
                 name=card.name,
                 version=card.version,
-                demo=self.source.is_demo or not card.validated,
+                demo=self.identity.is_demo,
                 device=str(self._predictor.device),
                 seconds=round(time.monotonic() - started, 1),
             )
@@ -82,3 +84,15 @@ class ModelHolder:
     @property
     def loaded(self) -> bool:
         return self._predictor is not None
+
+
+def _identity(source: ModelSource, card: Any) -> Any:
+    """The model as reports name it; the weights digest makes a retrained model a new device."""
+    from dataclasses import replace
+
+    from agent.report import ModelIdentity
+    from hyperct_core.checkpoint import file_sha256, resolve_checkpoint
+
+    weights, _card = resolve_checkpoint(source.path)
+    identity = ModelIdentity.from_card(card, file_sha256(weights))
+    return replace(identity, is_demo=True) if source.is_demo else identity

@@ -22,37 +22,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from agent.config import Settings
 from agent.logs import get_logger
 from agent.pipeline.model import ModelHolder
+from agent.report import Findings, ModelIdentity, ReportInputError, referral
 from storage.files import InstanceStore
 from storage.models import Instance, Report, Result, Series
 from storage.queue import claim_jobs, fail_job, finish_job, requeue_stale_jobs
 from storage.types import utcnow
 
 log = get_logger("agent.screen")
-
-
-@dataclass(frozen=True)
-class Findings:
-    """One series' probabilities and what the referral rule made of them."""
-
-    tasks: tuple[str, ...]
-    probabilities: tuple[float, ...]
-    thresholds: dict[str, float]
-    referral_tasks: tuple[str, ...]  # the tasks the rule looks at
-    model_name: str
-    model_version: str
-    is_demo: bool
-
-    @property
-    def flagged(self) -> dict[str, bool]:
-        return {
-            t: p >= self.thresholds[t] for t, p in zip(self.tasks, self.probabilities, strict=True)
-        }
-
-    @property
-    def referral_fired_by(self) -> list[str]:
-        """Referral tasks at or above their threshold, in task order."""
-        flags = self.flagged
-        return [t for t in self.tasks if t in self.referral_tasks and flags[t]]
 
 
 @dataclass
@@ -64,33 +40,23 @@ class ClaimedJob:
     paths: list[Path] = field(default_factory=list)
 
 
-#: Builds report objects for a screened series and writes them durably;
+#: Builds the report objects of a screened series and writes them durably;
 #: returns (kind, sop_instance_uid, series_instance_uid, rel_path) per object.
-ReportWriter = Callable[[ClaimedJob, Findings], list[tuple[str, str, str, str]]]
+ReportWriter = Callable[[ClaimedJob, Findings, ModelIdentity], list[tuple[str, str, str, str]]]
 
 
 def findings_for(
-    probabilities: Sequence[float], card: Any, settings: Settings, is_demo: bool
+    probabilities: Sequence[float], card: Any, model: ModelIdentity, settings: Settings
 ) -> Findings:
-    tasks = tuple(card.tasks)
-    thresholds = {t: float(card.thresholds.get(t, 0.5)) for t in tasks}
+    """The rule in force: card thresholds and referral tasks, overridden by ``[referral]``."""
+    thresholds = {t: float(model.thresholds.get(t, 0.5)) for t in card.tasks}
     thresholds.update(settings.referral.thresholds)
-    referral = settings.referral.tasks or card.extra.get("referral_tasks") or _opportunistic()
     return Findings(
-        tasks=tasks,
+        task_names=tuple(card.tasks),
         probabilities=tuple(float(p) for p in probabilities),
         thresholds=thresholds,
-        referral_tasks=tuple(referral),
-        model_name=card.name,
-        model_version=card.version,
-        is_demo=is_demo or not card.validated,
+        referral_tasks=tuple(settings.referral.tasks or model.referral_tasks),
     )
-
-
-def _opportunistic() -> list[str]:
-    from hyperct_core.tasks import TASKS
-
-    return [t.name for t in TASKS if t.group == "opportunistic"]
 
 
 class Screener:
@@ -143,11 +109,15 @@ class Screener:
                 self._fail(job, f"inference failed: {type(exc).__name__}: {exc}", retry=True)
             return 0
         infer_s = time.monotonic() - started
-        is_demo = bool(self.model.source and self.model.source.is_demo)
+        identity = self.model.identity
         done = 0
         for job, row in zip(ready, probabilities, strict=True):
-            findings = findings_for(row, predictor.card, self.settings, is_demo)
-            done += self._complete(job, findings)
+            try:
+                findings = findings_for(row, predictor.card, identity, self.settings)
+            except ReportInputError as exc:  # e.g. a card whose tasks are not HyperCT's 25
+                self._fail(job, f"model output unusable: {exc}", retry=False)
+                continue
+            done += self._complete(job, findings, identity)
         log.info(
             "batch screened",
             jobs=len(ready),
@@ -180,29 +150,27 @@ class Screener:
                 )
         return claimed
 
-    def _complete(self, job: ClaimedJob, findings: Findings) -> int:
+    def _complete(self, job: ClaimedJob, findings: Findings, model: ModelIdentity) -> int:
         revision = job.revision + 1
         job.revision = revision
         try:
-            written = self.write_reports(job, findings)
+            written = self.write_reports(job, findings, model)
         except Exception as exc:
             self._fail(job, f"report building failed: {type(exc).__name__}: {exc}", retry=True)
             return 0
-        fired = findings.referral_fired_by
+        fired = referral(findings)
         with self.sessions.begin() as session:
             session.execute(delete(Result).where(Result.job_id == job.job_id))
-            flags = findings.flagged
-            for index, (task, p) in enumerate(
-                zip(findings.tasks, findings.probabilities, strict=True)
-            ):
+            pairs = zip(findings.task_names, findings.probabilities, strict=True)
+            for index, (task, p) in enumerate(pairs):
                 session.add(
                     Result(
                         job_id=job.job_id,
                         task_index=index,
                         task_name=task,
                         probability=p,
-                        flagged=flags[task],
-                        model_version=findings.model_version,
+                        flagged=findings.is_present(task),
+                        model_version=model.version,
                     )
                 )
             for kind, sop_uid, series_uid, rel_path in written:
@@ -222,7 +190,7 @@ class Screener:
                 session,
                 job.job_id,
                 self.worker,
-                model_version=findings.model_version,
+                model_version=model.version,
                 revision=revision,
                 echo_referral=bool(fired),
                 referral_tasks=fired,

@@ -1,0 +1,57 @@
+"""From a screened series to report files in the store, ready for delivery."""
+
+from __future__ import annotations
+
+from io import BytesIO
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+
+from agent.config import ReportSettings
+from agent.pipeline.screen import ClaimedJob
+from agent.report import Findings, ModelIdentity, build_reports
+from storage.files import InstanceStore, report_rel_path
+
+#: The report kind stored per object, by SOP Class UID.
+_KINDS = {
+    "1.2.840.10008.5.1.4.1.1.88.34": "sr",  # Comprehensive 3D SR (TID 1500)
+    "1.2.840.10008.5.1.4.1.1.88.33": "text_sr",  # Comprehensive SR
+    "1.2.840.10008.5.1.4.1.1.88.11": "text_sr",  # Basic Text SR
+    "1.2.840.10008.5.1.4.1.1.88.22": "text_sr",  # Enhanced SR
+}
+
+
+class ReportFiles:
+    """Builds a series' reports and writes them durably into the instance store."""
+
+    def __init__(self, store: InstanceStore, settings: ReportSettings) -> None:
+        self.store = store
+        self.settings = settings
+
+    def __call__(
+        self, job: ClaimedJob, findings: Findings, model: ModelIdentity
+    ) -> list[tuple[str, str, str, str]]:
+        # Headers are enough: the reports cite the images, they do not copy pixels.
+        sources = [dcmread(path, stop_before_pixels=True) for path in job.paths]
+        written = []
+        for report in build_reports(
+            sources,
+            findings,
+            model,
+            series_number=self.settings.series_number,
+            revision=job.revision,
+            text_report=self.settings.text_report,
+        ):
+            rel_path = report_rel_path(job.series_uid, str(report.SOPInstanceUID))
+            self.store.save(rel_path, _encode(report))
+            kind = _KINDS.get(str(report.SOPClassUID), "sr")
+            written.append(
+                (kind, str(report.SOPInstanceUID), str(report.SeriesInstanceUID), rel_path)
+            )
+        return written
+
+
+def _encode(ds: Dataset) -> bytes:
+    buffer = BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
