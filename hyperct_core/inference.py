@@ -79,6 +79,10 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
     return torch.float32
 
 
+def _narrow(model: HyperCT) -> bool:
+    return int(model.config.backbone.embed_dim) < 384
+
+
 class Predictor:
     """Screens studies for all tasks with one model; the agent's only entry point.
 
@@ -120,6 +124,10 @@ class Predictor:
         }
         self.bf16_probe_diff: float | None = None
         wanted = resolve_dtype(dtype, self.device)
+        if dtype == "auto" and self.device.type == "cpu" and _narrow(model):
+            # Small matrices gain nothing from bf16 on CPU, and oneDNN's per-shape
+            # bf16 kernel set-up costs seconds per new study size.
+            wanted = torch.float32
         if dtype == "auto" and wanted == torch.bfloat16:
             wanted = self._probe_bf16()
         self._set_dtype(wanted)
