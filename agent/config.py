@@ -8,13 +8,21 @@ moved together with its data.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from agent.errors import ConfigError
 from agent.resources import default_config_path
@@ -209,6 +217,58 @@ class ReportSettings(_Section):
     delivery_retry_seconds: PositiveSeconds = 30.0
 
 
+def is_loopback_host(host: str) -> bool:
+    """True for ``localhost`` and addresses in 127.0.0.0/8 or ``::1``.
+
+    Anything else (``0.0.0.0``, ``::``, a hostname, an interface address) can be
+    reached from other machines, or may be one day when DNS changes, so it
+    counts as a network bind.
+    """
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class WebSettings(_Section):
+    """The read-only dashboard, ``/metrics`` and ``/healthz`` served by ``serve``.
+
+    HTTP Basic authentication is required whenever credentials are configured,
+    and credentials are required for any bind that is not loopback. Give
+    either ``password`` or ``password_hash`` (``pbkdf2_sha256$ITER$SALT$HASH``,
+    made by ``python -m agent.web.auth``).
+    """
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: Port = 8080
+    username: str | None = None
+    password: str | None = None
+    password_hash: str | None = None
+
+    @model_validator(mode="after")
+    def _credentials(self) -> WebSettings:
+        secret = self.password is not None or self.password_hash is not None
+        if self.password is not None and self.password_hash is not None:
+            raise ValueError("give password or password_hash, not both")
+        if secret != bool(self.username):
+            raise ValueError("username and password (or password_hash) go together")
+        if self.password_hash is not None and self.password_hash.count("$") != 3:
+            raise ValueError("password_hash is not pbkdf2_sha256$ITERATIONS$SALT$HASH")
+        if self.enabled and not secret and not is_loopback_host(self.host):
+            raise ValueError(
+                f"host {self.host!r} is not loopback: set username and password"
+                " (or password_hash) to serve the dashboard on the network"
+            )
+        return self
+
+    @property
+    def has_credentials(self) -> bool:
+        return bool(self.username)
+
+
 def _check_task_names(names: list[str]) -> None:
     from hyperct_core.tasks import TASK_NAMES
 
@@ -229,6 +289,7 @@ class Settings(_Section):
     referral: ReferralSettings = ReferralSettings()
     reports: ReportSettings = ReportSettings()
     logging: LoggingSettings = LoggingSettings()
+    web: WebSettings = WebSettings()
     source: Path | None = Field(default=None, exclude=True)
 
     @field_validator("destinations")
