@@ -50,18 +50,49 @@ class Timeouts(_Section):
     connection: PositiveSeconds = 10.0
 
 
+class NodeTLSSettings(_Section):
+    """``[node.tls]``: a DICOM TLS listener beside the plain one (PS3.15 B.1, TLS 1.2 or later).
+
+    Paths are PEM files. ``ca_certificates`` is required when client
+    certificates are verified; without ``require_client_certificate`` a client
+    certificate is still checked against it when one is offered.
+    """
+
+    enabled: bool = False
+    # 2762 is the port IANA assigns to DICOM over TLS (PS3.15 B.1).
+    port: Port = 2762
+    certificate: PathValue | None = None
+    private_key: PathValue | None = None
+    ca_certificates: PathValue | None = None
+    require_client_certificate: bool = False
+
+    @model_validator(mode="after")
+    def _files_named(self) -> NodeTLSSettings:
+        if self.enabled and (self.certificate is None or self.private_key is None):
+            raise ValueError("certificate and private_key are required when enabled")
+        if self.require_client_certificate and self.ca_certificates is None:
+            raise ValueError("require_client_certificate needs ca_certificates")
+        return self
+
+
 class NodeSettings(_Section):
     ae_title: AETitle = "HYPERCT"
     host: str = "127.0.0.1"
     port: Port = 11112
     allowed_calling_aets: list[AETitle] = []
     max_associations: Annotated[int, Field(ge=1, le=1000)] = 10
+    # Simultaneous associations one calling AE title may hold (None: only the overall limit).
+    max_associations_per_ae: Annotated[int, Field(ge=1, le=1000)] | None = None
+    # Largest dataset one C-STORE may carry; a peer sending more is aborted while
+    # it sends, before the excess is buffered.
+    max_dataset_bytes: Annotated[int, Field(ge=1024)] = 1 << 30
     max_pdu: Annotated[int, Field(ge=0)] = 0
     timeouts: Timeouts = Timeouts()
     # Storage SOP classes accepted besides CT and Enhanced CT.
     extra_sop_classes: list[str] = []
     # What to do when a SOP Instance UID arrives again with different bytes.
     on_conflict: Literal["keep_first", "replace"] = "keep_first"
+    tls: NodeTLSSettings = NodeTLSSettings()
 
     @property
     def accepted_sop_classes(self) -> tuple[str, ...]:
@@ -78,11 +109,23 @@ class DatabaseSettings(_Section):
     url: str = "sqlite:///var/hyperct.db"
 
 
+class DestinationTLS(_Section):
+    """TLS for associations to one destination (PS3.15 B.1): the CA that signs its
+    certificate and, where it asks for one, this node's client certificate."""
+
+    ca_certificates: PathValue
+    certificate: PathValue | None = None
+    private_key: PathValue | None = None
+    # Check that the destination's certificate names ``host``.
+    verify_hostname: bool = True
+
+
 class Destination(_Section):
     name: Annotated[str, Field(min_length=1)]
     ae_title: AETitle
     host: str
     port: Port
+    tls: DestinationTLS | None = None
 
 
 class ModelSettings(_Section):
@@ -96,6 +139,25 @@ class ModelSettings(_Section):
 class LoggingSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "console", "json"] = "auto"
+    # UIDs in log lines are replaced by a keyed hash unless this is on (debugging only).
+    raw_uids: bool = False
+    # Key of that hash; empty: one generated per installation under the storage root.
+    uid_hash_key: str = ""
+
+
+class AuditSettings(_Section):
+    """Where audit records go besides the database."""
+
+    # RFC 5424 syslog of IHE ATNA / PS3.15 A.5 audit messages:
+    # "udp://host:port" or "unix:///dev/log"; empty: none.
+    syslog: str = ""
+
+    @field_validator("syslog")
+    @classmethod
+    def _syslog_url(cls, value: str) -> str:
+        if value and not re.fullmatch(r"udp://[^/:]+:\d{1,5}|unix:///.+", value):
+            raise ValueError("expected udp://HOST:PORT or unix:///PATH")
+        return value
 
 
 Fraction = Annotated[float, Field(ge=0, le=1, strict=False)]
@@ -289,6 +351,7 @@ class Settings(_Section):
     referral: ReferralSettings = ReferralSettings()
     reports: ReportSettings = ReportSettings()
     logging: LoggingSettings = LoggingSettings()
+    audit: AuditSettings = AuditSettings()
     web: WebSettings = WebSettings()
     source: Path | None = Field(default=None, exclude=True)
 
@@ -359,8 +422,39 @@ def _resolve(settings: Settings, cfg_path: Path) -> Settings:
         if not os.access(ckpt, os.R_OK):
             raise ConfigError(f"{cfg_path}: [model].checkpoint: {ckpt} is not readable")
         model = model.model_copy(update={"checkpoint": ckpt})
+    node = settings.node
+    tls = node.tls
+    node = node.model_copy(
+        update={
+            "tls": tls.model_copy(
+                update={
+                    k: _abs(v, anchor)
+                    for k in ("certificate", "private_key", "ca_certificates")
+                    if (v := getattr(tls, k)) is not None
+                }
+            )
+        }
+    )
+    destinations = [
+        d
+        if d.tls is None
+        else d.model_copy(
+            update={
+                "tls": d.tls.model_copy(
+                    update={
+                        k: _abs(v, anchor)
+                        for k in ("certificate", "private_key", "ca_certificates")
+                        if (v := getattr(d.tls, k)) is not None
+                    }
+                )
+            }
+        )
+        for d in settings.destinations
+    ]
     return settings.model_copy(
         update={
+            "node": node,
+            "destinations": destinations,
             "storage": storage,
             "database": DatabaseSettings(url=url),
             "model": model,
