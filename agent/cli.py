@@ -15,7 +15,18 @@ from collections.abc import Sequence
 from agent import __version__
 from agent.errors import AgentError
 
-COMMAND_MODULES = ("serve", "db", "echo", "status", "jobs", "reports", "model", "explain")
+COMMAND_MODULES = (
+    "serve",
+    "db",
+    "echo",
+    "status",
+    "jobs",
+    "reports",
+    "model",
+    "explain",
+    "results",
+    "studies",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
