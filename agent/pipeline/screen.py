@@ -98,7 +98,7 @@ class Screener:
                 self._fail(job, f"cannot make a volume: {exc}", retry=False)
             except OSError as exc:
                 self._fail(job, f"cannot read instances: {exc.strerror or exc}", retry=True)
-        read_s = time.monotonic() - started
+        read_s = time.monotonic() - started  # reading the files and preprocessing
         if not ready:
             return 0
         started = time.monotonic()
@@ -153,6 +153,7 @@ class Screener:
     def _complete(self, job: ClaimedJob, findings: Findings, model: ModelIdentity) -> int:
         revision = job.revision + 1
         job.revision = revision
+        started = time.monotonic()
         try:
             written = self.write_reports(job, findings, model)
         except Exception as exc:
@@ -206,6 +207,7 @@ class Screener:
             echo_referral=bool(fired),
             referral_tasks=",".join(fired) or None,
             reports=len(written),
+            report_seconds=round(time.monotonic() - started, 3),
         )
         return 1
 
