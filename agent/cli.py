@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "explain",
     "results",
     "studies",
+    "demo",
 )
 
 
