@@ -37,6 +37,15 @@ def run(args: argparse.Namespace) -> int:
     runtime = open_runtime(args.config, migrate=True)
     log = get_logger("agent.serve")
     settings = runtime.settings
+    # Handlers first: a SIGTERM that arrives while starting up still stops cleanly.
+    stop = threading.Event()
+
+    def _on_signal(signum: int, _frame: object) -> None:
+        log.info("stopping", signal=signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
     store = runtime.instance_store()
     try:
         swept = store.prepare()
@@ -68,17 +77,17 @@ def run(args: argparse.Namespace) -> int:
     if not settings.destinations:
         log.warning("no [[destinations]] configured: reports are kept but not sent")
 
-    stop = threading.Event()
-
-    def _on_signal(signum: int, _frame: object) -> None:
-        log.info("stopping", signal=signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
+    web = None
     try:
+        if settings.web.enabled:
+            from agent.web import start_dashboard
+
+            web = start_dashboard(settings, runtime.engine, model=pipeline.model, node=node)
+            log.info("web dashboard listening", host=settings.web.host, port=web.port)
         stop.wait()
     finally:
+        if web is not None:
+            web.stop()
         # Stop receiving first (an instance not yet acknowledged is resent by
         # its sender), then let in-flight pipeline work finish or give it back.
         node.stop()
