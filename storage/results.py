@@ -603,13 +603,13 @@ def _parse_hour(label: str, tz: Any) -> datetime:
 
 # -- counts behind /metrics ------------------------------------------------------------
 
-_INELIGIBLE = re.compile(r"^not eligible: (\w+):")
+_INELIGIBLE = re.compile(r"^not eligible[:;]\s*(\w+):")
 
 
 def skip_reason(reason: str | None) -> str:
     """A bounded label for a free-text skip reason (Prometheus labels must not explode).
 
-    ``not eligible: chest: ...`` -> ``chest`` (the first failed check),
+    ``not eligible; chest: ...`` -> ``chest`` (the first failed check),
     ``not chosen: ...`` -> ``not_chosen``, anything else -> ``other``.
     """
     if not reason:

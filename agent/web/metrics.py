@@ -1,0 +1,159 @@
+"""Prometheus metrics: counts read from the database at scrape time, timings in-process.
+
+Counts come from the database so that every process sharing it (several
+agents on one PostgreSQL database, a CLI, a restarted agent) reports the same
+numbers, and so the C-STORE path carries no instrumentation at all. Only what
+the database cannot know is kept in this process: inference time per batch
+and whether the model is loaded.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from agent.logs import get_logger
+from storage.results import metric_counts
+
+log = get_logger("agent.web")
+
+PREFIX = "hyperct"
+# A batch on CPU takes seconds; on a GPU well under one.
+INFERENCE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+
+
+class DatabaseCollector(Collector):
+    """Counters and gauges derived from the results database on each scrape."""
+
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self.sessions = sessions
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily(f"{PREFIX}_database_up", "1 if the database answered this scrape")
+        try:
+            with self.sessions() as session:
+                c = metric_counts(session)
+        except SQLAlchemyError as exc:
+            log.warning("metrics: database unavailable", error=type(exc).__name__)
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        yield _counter("instances_received", "Instances stored (rows in instances)", c.instances)
+        for outcome in ("accepted", "rejected"):
+            yield _counter(
+                f"associations_{outcome}",
+                f"Associations {outcome} (audit trail)",
+                c.associations.get(outcome, 0),
+            )
+        yield _counter("series_screened", "Series screened at least once", c.screened)
+        yield _counter("echo_referrals", "Screened series flagged for echocardiography",
+                       c.echo_referrals)  # fmt: skip
+        skipped = CounterMetricFamily(
+            f"{PREFIX}_series_skipped",
+            "Series not screened, by reason (first failed eligibility check, or not_chosen)",
+            labels=["reason"],
+        )
+        for reason, n in sorted(c.skipped.items()):
+            skipped.add_metric([reason], n)
+        yield skipped
+        yield _counter("deliveries_failed", "Failed report delivery attempts", c.delivery_failures)
+        jobs = GaugeMetricFamily(f"{PREFIX}_jobs", "Series jobs by state", labels=["state"])
+        for state, n in c.jobs.items():
+            jobs.add_metric([state], n)
+        yield jobs
+        reports = GaugeMetricFamily(f"{PREFIX}_reports", "Report deliveries by state",
+                                    labels=["state"])  # fmt: skip
+        for state, n in c.reports.items():
+            reports.add_metric([state], n)
+        yield reports
+        depth = GaugeMetricFamily(
+            f"{PREFIX}_queue_depth",
+            "Work waiting or in progress: screening (queued, running, failed awaiting retry) "
+            "and delivery (pending, sending, failed awaiting retry)",
+            labels=["queue"],
+        )
+        depth.add_metric(["screening"], c.jobs["queued"] + c.jobs["running"] + c.jobs["failed"])
+        depth.add_metric(
+            ["delivery"], c.reports["pending"] + c.reports["sending"] + c.reports["failed"]
+        )
+        yield depth
+
+
+def _counter(name: str, doc: str, value: int) -> CounterMetricFamily:
+    return CounterMetricFamily(f"{PREFIX}_{name}", doc, value=value)
+
+
+class ModelCollector(Collector):
+    """Whether this process has its model (1 loaded, 0 loading or failed)."""
+
+    def __init__(self, holder: Any) -> None:
+        self.holder = holder
+
+    def collect(self) -> Iterator[Metric]:
+        g = GaugeMetricFamily(f"{PREFIX}_model_loaded", "1 once the model is loaded")
+        g.add_metric([], 1 if self.holder.loaded else 0)
+        yield g
+
+
+def inference_histogram() -> Histogram:
+    return Histogram(
+        f"{PREFIX}_inference_seconds",
+        "Wall time of one model call on a batch of series",
+        buckets=INFERENCE_BUCKETS,
+        registry=None,
+    )
+
+
+class _TimedPredictor:
+    """The predictor, with ``predict`` timed; everything else passes through."""
+
+    def __init__(self, predictor: Any, histogram: Histogram) -> None:
+        self._predictor = predictor
+        self._histogram = histogram
+
+    def predict(self, *args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        out = self._predictor.predict(*args, **kwargs)
+        self._histogram.observe(time.perf_counter() - started)
+        return out
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._predictor, name)
+
+
+def time_inference(holder: Any, histogram: Histogram) -> None:
+    """Time every batch ``holder``'s predictor runs, from outside the pipeline.
+
+    The screener fetches the predictor with ``holder.get()`` before each batch;
+    handing it a timed wrapper measures inference without touching the
+    pipeline's code (two clock reads per batch).
+    """
+    original = holder.get
+
+    def get(timeout: float | None = None) -> Any:
+        predictor = original(timeout)
+        return None if predictor is None else _TimedPredictor(predictor, histogram)
+
+    holder.get = get
+
+
+def build_registry(
+    sessions: sessionmaker[Session], holder: Any | None, histogram: Histogram | None
+) -> CollectorRegistry:
+    """A registry of its own (not the global one): several dashboards in one process agree."""
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(DatabaseCollector(sessions))
+    if holder is not None:
+        registry.register(ModelCollector(holder))
+    if histogram is not None:
+        registry.register(histogram)
+    return registry
