@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from agent.logs import get_logger
 from agent.node import status
+from agent.node.guards import rejection_reason
 from agent.node.header import (
     InvalidIdentifier,
     UnreadableHeader,
@@ -74,16 +75,32 @@ class NodeHandlers:
 
     def on_rejected(self, event: Event) -> None:
         assoc = event.assoc
+        reason = rejection_reason(assoc)
+        primitive = assoc.requestor.primitive
+        called = str(primitive.called_ae_title) if primitive is not None else None
         log.warning(
             "association rejected",
             calling_ae=assoc.requestor.ae_title,
-            called_ae=assoc.acceptor.ae_title,
+            called_ae=called,
             peer=assoc.requestor.address,
+            reason=reason,
         )
-        self._audit_safely("association", "rejected", source_ae=assoc.requestor.ae_title)
+        self._audit_safely(
+            "association",
+            "rejected",
+            source_ae=assoc.requestor.ae_title,
+            detail={"reason": reason, "peer": assoc.requestor.address, "called_ae": called},
+        )
 
     def on_aborted(self, event: Event) -> None:
         log.warning("association aborted", calling_ae=event.assoc.requestor.ae_title)
+
+    def on_tls_failure(self, peer: str, reason: str) -> None:
+        """A TLS handshake failed: no association exists; a security alert (PS3.15 A.5.3.11)."""
+        log.warning("TLS handshake failed", peer=peer, reason=reason)
+        self._audit_safely(
+            "security_alert", "tls_handshake_failed", detail={"peer": peer, "reason": reason}
+        )
 
     def _audit_safely(self, event_type: str, outcome: str, **fields: object) -> None:
         try:
@@ -199,6 +216,16 @@ class NodeHandlers:
                     published = True
                 else:
                     self.store.discard(staged)
+                # Same transaction as the row: no second commit on the receive path.
+                audit(
+                    session,
+                    "instance_received",
+                    str(result.outcome),
+                    source_ae=record.calling_ae,
+                    study_instance_uid=record.study_instance_uid,
+                    series_instance_uid=record.series_instance_uid,
+                    sop_instance_uid=record.sop_instance_uid,
+                )
                 session.commit()
             except OSError as exc:
                 session.rollback()

@@ -1,4 +1,4 @@
-"""Latency fixes for pynetdicom's transport: event-driven wake-ups, bulk reads.
+r"""Latency fixes for pynetdicom's transport: event-driven wake-ups, bulk reads.
 
 pynetdicom runs two polling loops per association: the association thread
 sleeps 1 ms between checks for a decoded DIMSE message, and the DUL thread
@@ -23,17 +23,30 @@ without these hooks (an SCU) keeps pynetdicom's own timing.
 bytearray (128 calls for a 512 KiB image); :func:`_recv_exact` fills one
 preallocated buffer with ``recv_into`` and takes whatever the kernel holds
 per call, with the same contract (return early only when the peer closed).
+Beyond :data:`_PREALLOCATE` bytes the buffer grows as data arrives, so a
+declared length costs memory only once the peer has actually sent it.
+
+Guards (reliability rows 4 and 5): pynetdicom's ``_read_pdu_data`` reads the
+6-byte PDU header and then ``recv``\ s whatever length it declares, without
+comparing it to any maximum. :func:`_read_pdu_data_guarded` replaces it and
+refuses, before reading the body, a PDU longer than the AE's
+:class:`PduLimits` allow, and a run of P-DATA-TF PDUs whose total exceeds the
+dataset cap. Either raises Evt19 (invalid PDU, PS3.8 9.2), so the state
+machine sends an A-ABORT and closes the connection.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import queue
 import select
+import struct
 import threading
 import time
 import weakref
+from dataclasses import dataclass
 from typing import Any
 
 from pynetdicom import association as _association
@@ -45,6 +58,51 @@ from pynetdicom.transport import AssociationSocket
 
 _WAKE_ATTR = "_hyperct_wake"
 _PIPE_ATTR = "_hyperct_pipe"
+_LIMITS_ATTR = "_hyperct_pdu_limits"
+_PDATA_ATTR = "_hyperct_pdata_bytes"
+# Buffers up to this size are allocated at once; larger ones grow with the data.
+_PREALLOCATE = 16 << 20
+# PDU types of PS3.8 9.3 (A-ASSOCIATE-RQ ... A-ABORT).
+_KNOWN_PDU_TYPES = frozenset(range(0x01, 0x08))
+_P_DATA_TF = 0x04
+
+_log = logging.getLogger("agent.node.transport")
+
+
+@dataclass(frozen=True)
+class PduLimits:
+    """What one association may make this process buffer.
+
+    ``max_pdu_length`` bounds the length field of any received PDU;
+    ``max_data_bytes`` bounds the P-DATA-TF bytes of one DIMSE message
+    (command and dataset), counted as they arrive.
+    """
+
+    max_pdu_length: int
+    max_data_bytes: int | None = None
+
+
+#: For an AE the node did not configure (an SCU): responses are small.
+DEFAULT_LIMITS = PduLimits(max_pdu_length=64 << 20)
+#: Room for command PDVs and PDV headers beside the dataset itself.
+_MESSAGE_OVERHEAD = 1 << 16
+
+
+def node_limits(max_pdu: int, max_dataset_bytes: int) -> PduLimits:
+    """Limits of a listening node that advertises ``max_pdu`` (0: unlimited).
+
+    A peer may not send a P-DATA-TF longer than the maximum length this node
+    advertised (PS3.8 D.1); association PDUs are allowed 1 MiB (hundreds of
+    presentation contexts). Advertising no maximum lets a peer put a whole
+    dataset in one PDU, so the dataset cap bounds it then.
+    """
+    per_message = max_dataset_bytes + _MESSAGE_OVERHEAD
+    pdu = max(max_pdu, 1 << 20) if max_pdu else per_message
+    return PduLimits(max_pdu_length=pdu, max_data_bytes=per_message)
+
+
+def set_limits(ae: Any, limits: PduLimits) -> None:
+    ae.__dict__[_LIMITS_ATTR] = limits
 
 
 class _WakingQueue(queue.Queue[Any]):
@@ -93,6 +151,10 @@ class ReactorClock:
         if raw is None or raw.fileno() < 0:
             time.sleep(seconds)
             return
+        # TLS may hold decrypted bytes that select() cannot see.
+        pending = getattr(raw, "pending", None)
+        if pending is not None and pending():
+            return
         pipe = dul.__dict__.get(_PIPE_ATTR)
         watched = [raw] if pipe is None else [raw, pipe]
         try:
@@ -108,6 +170,8 @@ def _recv_exact(self: AssociationSocket, nr_bytes: int) -> bytearray:
     """Read ``nr_bytes`` from the socket, or fewer if the peer closes the connection."""
     sock = self.socket
     assert sock is not None
+    if nr_bytes > _PREALLOCATE:
+        return _recv_growing(sock, nr_bytes)
     buffer = bytearray(nr_bytes)
     view = memoryview(buffer)
     received = 0
@@ -118,6 +182,96 @@ def _recv_exact(self: AssociationSocket, nr_bytes: int) -> bytearray:
             return buffer[:received]
         received += n
     return buffer
+
+
+def _recv_growing(sock: Any, nr_bytes: int) -> bytearray:
+    """Like :func:`_recv_exact`, holding only what has arrived (plus one chunk)."""
+    buffer = bytearray()
+    chunk = bytearray(_PREALLOCATE)
+    view = memoryview(chunk)
+    while len(buffer) < nr_bytes:
+        n = sock.recv_into(view[: min(_PREALLOCATE, nr_bytes - len(buffer))])
+        if n == 0:
+            break
+        buffer += view[:n]
+    del view
+    return buffer
+
+
+def _read_pdu_data_guarded(self: DULServiceProvider) -> None:
+    """``DULServiceProvider._read_pdu_data`` that checks the declared length first.
+
+    Same events as pynetdicom's (PS3.8 9.2 state machine): Evt17 when the
+    connection closes or times out mid-PDU, Evt19 for an unknown type, an
+    over-long PDU or an undecodable one.
+    """
+    sock = self.socket
+    assert sock is not None
+    if not self.event_queue.empty():
+        # pynetdicom reads before it handles queued events; an abort decided on
+        # the last PDU (or the connection's Evt5) goes first, or the read below
+        # could wait a full network timeout on a peer that sent a fragment.
+        return
+    if self.state_machine.current_state == "Sta13":
+        # Awaiting the close after an abort: whatever still arrives is ignored
+        # (PS3.8 9.2, AA-6), not parsed as PDUs of absurd types and lengths.
+        _drain(sock)
+        return
+    try:
+        header = sock.recv(6)
+    except OSError:  # includes TimeoutError and ssl.SSLError
+        self.event_queue.put("Evt17")
+        return
+    if len(header) != 6:
+        self.event_queue.put("Evt17")
+        return
+    pdu_type, _, pdu_length = struct.unpack(">BBL", header)
+    if pdu_type not in _KNOWN_PDU_TYPES:
+        _log.warning("unknown PDU type 0x%02X received; aborting", pdu_type)
+        self.event_queue.put("Evt19")
+        return
+    limits: PduLimits = self.assoc.ae.__dict__.get(_LIMITS_ATTR, DEFAULT_LIMITS)
+    if pdu_length > limits.max_pdu_length:
+        _log.warning(
+            "PDU of %d bytes declared, over the %d accepted; aborting",
+            pdu_length,
+            limits.max_pdu_length,
+        )
+        self.event_queue.put("Evt19")
+        return
+    if pdu_type == _P_DATA_TF and limits.max_data_bytes is not None:
+        total = self.__dict__.get(_PDATA_ATTR, 0) + pdu_length
+        if total > limits.max_data_bytes:
+            _log.warning("DIMSE message over %d bytes; aborting", limits.max_data_bytes)
+            self.event_queue.put("Evt19")
+            return
+        self.__dict__[_PDATA_ATTR] = total
+    try:
+        body = sock.recv(pdu_length)
+    except OSError:
+        self.event_queue.put("Evt17")
+        return
+    if len(body) != pdu_length:
+        self.event_queue.put("Evt17")
+        return
+    try:
+        pdu, event = self._decode_pdu(header + body)
+    except Exception:  # any decoding failure is an invalid PDU (Evt19), never a crash
+        _log.warning("undecodable PDU of type 0x%02X; aborting", pdu_type)
+        self.event_queue.put("Evt19")
+        return
+    self.event_queue.put(event)
+    self._recv_pdu.put(pdu)
+
+
+def _drain(sock: AssociationSocket) -> None:
+    raw = sock.socket
+    try:
+        data = raw.recv(1 << 16) if raw is not None else b""
+    except OSError:
+        data = b""
+    if not data:
+        sock.event_queue.put("Evt17")
 
 
 _installed = False
@@ -134,6 +288,7 @@ def install_transport_tuning() -> None:
         _association.time = clock  # type: ignore[attr-defined]
         _dul.time = clock  # type: ignore[attr-defined]
         AssociationSocket.recv = _recv_exact  # type: ignore[method-assign]
+        DULServiceProvider._read_pdu_data = _read_pdu_data_guarded  # type: ignore[method-assign]
         _installed = True
 
 
@@ -163,5 +318,9 @@ def _close_fds(*fds: int) -> None:
 
 
 def on_dimse_received(event: Event) -> None:
-    """``EVT_DIMSE_RECV`` handler: wake the association thread for the new message."""
+    """``EVT_DIMSE_RECV`` handler: wake the association thread for the new message.
+
+    A complete message also restarts the count of P-DATA bytes for the next one.
+    """
+    event.assoc.dul.__dict__[_PDATA_ATTR] = 0
     _wake_event(event.assoc).set()
