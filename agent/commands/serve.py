@@ -32,6 +32,7 @@ def run(args: argparse.Namespace) -> int:
     from agent.pipeline.reporting import ReportFiles
     from agent.pipeline.scheduler import Pipeline
     from agent.runtime import open_runtime
+    from agent.send import check_destinations
     from storage.audit import audit
 
     runtime = open_runtime(args.config, migrate=True)
@@ -55,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
         log.warning("removed unfinished temporary files from a previous run", count=swept)
 
     handlers = NodeHandlers(store, runtime.sessions, settings.node.on_conflict)
+    check_destinations(settings.destinations)
     try:
         node = start_node(settings.node, handlers)
     except OSError as exc:
@@ -68,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
         ae_title=settings.node.ae_title,
         host=settings.node.host,
         port=node.port,
+        tls_port=node.tls_port,
         storage=str(settings.storage.root),
         version=__version__,
     )
