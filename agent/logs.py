@@ -4,12 +4,24 @@ Console output on a terminal, JSON lines otherwise. Patient data must never
 reach a log line: the code never logs it, pynetdicom's identifier logging is
 switched off, and a last processor drops any event key that names a patient
 attribute, as a guard against future mistakes.
+
+UIDs are not patient data by themselves but link log lines to studies, so
+they are replaced by a keyed hash (HMAC-SHA-256, 16 hex digits): the same UID
+gives the same token within an installation, so lines still correlate, but
+the UID cannot be read back or recomputed without the key. ``[logging]
+raw_uids = true`` turns this off for debugging.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
+import os
+import re
+import secrets
 import sys
+from pathlib import Path
 from typing import Any, Literal
 
 import structlog
@@ -23,6 +35,56 @@ def _drop_patient_keys(_: WrappedLogger, __: str, event_dict: EventDict) -> Even
         if any(mark in key.lower() for mark in _PHI_KEYS):
             event_dict[key] = "[removed]"
     return event_dict
+
+
+# A UID (PS3.5 9.1) of at least five components inside any text: IPv4
+# addresses and version numbers have fewer.
+_UID_IN_TEXT = re.compile(r"(?<![\w.])[0-2](?:\.(?:0|[1-9]\d*)){4,}(?!\w|\.\d)")
+_UID_KEY_FILE = ".uid-hash-key"
+# UIDs the standard itself defines (PS3.6 Annex A) identify nothing about a patient.
+_DICOM_ROOT = "1.2.840.10008."
+_NOT_HASHED = frozenset({"timestamp", "level", "logger", "version"})
+
+
+class UidHasher:
+    """A structlog processor that replaces UIDs in every string value by a keyed hash."""
+
+    def __init__(self, key: bytes) -> None:
+        self._key = key
+
+    def token(self, uid: str) -> str:
+        if uid.startswith(_DICOM_ROOT):
+            return uid  # a SOP Class or Transfer Syntax of the standard, not an instance
+        digest = hmac.new(self._key, uid.encode("ascii", "replace"), hashlib.sha256)
+        return "uid#" + digest.hexdigest()[:16]
+
+    def _in_text(self, match: re.Match[str]) -> str:
+        return self.token(match.group(0))
+
+    def __call__(self, _: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+        for key, value in event_dict.items():
+            if not isinstance(value, str) or key in _NOT_HASHED:
+                continue
+            if "uid" in key.lower() and value:
+                event_dict[key] = self.token(value)
+            elif "." in value:
+                event_dict[key] = _UID_IN_TEXT.sub(self._in_text, value)
+        return event_dict
+
+
+def installation_uid_key(storage_root: Path) -> bytes:
+    """The installation's hashing key, created (0600) under the storage root on first use."""
+    path = storage_root / _UID_KEY_FILE
+    try:
+        return bytes.fromhex(path.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        pass
+    storage_root.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_bytes(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(key.hex())
+    return key
 
 
 def quiet_pynetdicom() -> None:
@@ -39,7 +101,15 @@ def configure_logging(
     level: str = "info",
     fmt: Literal["auto", "console", "json"] = "auto",
     stream: Any = None,
+    *,
+    raw_uids: bool = False,
+    uid_key: bytes | None = None,
 ) -> None:
+    """Route structlog and the standard library through one renderer.
+
+    Unless ``raw_uids``, UIDs are hashed with ``uid_key`` (a random key for
+    this process when None: tokens then correlate within one run only).
+    """
     stream = stream or sys.stderr
     use_json = fmt == "json" or (fmt == "auto" and not stream.isatty())
     renderer: Any = (
@@ -54,6 +124,8 @@ def configure_logging(
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         _drop_patient_keys,
     ]
+    if not raw_uids:
+        shared.append(UidHasher(uid_key or secrets.token_bytes(32)))
     structlog.configure(
         # filter_by_level first: a debug call on the receive path costs nothing at info.
         processors=[

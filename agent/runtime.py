@@ -8,9 +8,10 @@ from pathlib import Path
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from agent.audit_output import configure_audit_output
 from agent.config import Settings, load_settings
 from agent.errors import AgentError
-from agent.logs import configure_logging
+from agent.logs import configure_logging, installation_uid_key
 from agent.resources import alembic_dir
 from storage.db import check_at_head, make_engine, make_session_factory, upgrade
 from storage.errors import StorageError
@@ -31,9 +32,26 @@ class Runtime:
         self.engine.dispose()
 
 
+def _uid_key(settings: Settings) -> bytes | None:
+    if settings.logging.raw_uids:
+        return None
+    if settings.logging.uid_hash_key:
+        return settings.logging.uid_hash_key.encode()
+    try:
+        return installation_uid_key(settings.storage.root)
+    except OSError:
+        return None  # a key for this process only: tokens still hide the UIDs
+
+
 def open_runtime(config: Path | None, *, migrate: bool) -> Runtime:
     settings = load_settings(config)
-    configure_logging(settings.logging.level, settings.logging.format)
+    configure_logging(
+        settings.logging.level,
+        settings.logging.format,
+        raw_uids=settings.logging.raw_uids,
+        uid_key=_uid_key(settings),
+    )
+    configure_audit_output(settings)
     try:
         engine = make_engine(settings.database.url)
         if migrate:
