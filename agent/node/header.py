@@ -22,6 +22,10 @@ from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 _UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 
 
+# Attributes before Pixel Data of any real instance fit well within this.
+_MAX_INFLATED_HEADER = 16 << 20
+
+
 class UnreadableHeader(ValueError):
     """The dataset cannot be decoded or lacks what every stored instance needs."""
 
@@ -154,7 +158,10 @@ def read_header(dataset: bytes, transfer_syntax: UID) -> InstanceHeader:
     """Decode the header of a dataset as received in a C-STORE (no file meta)."""
     try:
         if transfer_syntax == DeflatedExplicitVRLittleEndian:
-            dataset = zlib.decompress(dataset, wbits=-zlib.MAX_WBITS)
+            # Only the header is read: inflating all of a deflate bomb (1000:1)
+            # would turn a capped dataset into gigabytes.
+            inflater = zlib.decompressobj(wbits=-zlib.MAX_WBITS)
+            dataset = inflater.decompress(dataset, _MAX_INFLATED_HEADER)
         ds = read_dataset(
             BytesIO(dataset),
             transfer_syntax.is_implicit_VR,

@@ -236,3 +236,27 @@ def test_outgoing_association_over_tls(tls_node: NodeUnderTest, pki: Pki) -> Non
         echo(_tls_port(tls_node), destination_context(DestinationTLS(ca_certificates=pki.ca)))
         is None
     )
+
+
+def test_tls_settings_in_agent_toml(tmp_path: Path, pki: Pki) -> None:
+    from agent.config import load_settings
+
+    config = tmp_path / "agent.toml"
+    config.write_text("[node.tls]\nenabled = true\n")
+    with pytest.raises(ConfigError, match=r"\[node\].tls: .*certificate and private_key"):
+        load_settings(config)
+    (tmp_path / "tls").mkdir()
+    for src in (pki.server_cert, pki.server_key, pki.ca):
+        (tmp_path / "tls" / src.name).write_bytes(src.read_bytes())
+    config.write_text(
+        '[node.tls]\nenabled = true\ncertificate = "tls/server.pem"\n'
+        'private_key = "tls/server.key"\nca_certificates = "tls/ca.pem"\n'
+        "require_client_certificate = true\n"
+        '[[destinations]]\nname = "pacs"\nae_title = "PACS"\nhost = "localhost"\nport = 2762\n'
+        '[destinations.tls]\nca_certificates = "tls/ca.pem"\n'
+    )
+    settings = load_settings(config)
+    assert settings.node.tls.certificate == tmp_path / "tls" / "server.pem"  # relative to the file
+    assert settings.destinations[0].tls is not None
+    assert settings.destinations[0].tls.ca_certificates == tmp_path / "tls" / "ca.pem"
+    assert server_context(settings.node.tls).verify_mode == ssl.CERT_REQUIRED
