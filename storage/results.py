@@ -314,6 +314,41 @@ class AuditRow:
 
 
 @dataclass
+class AuditRun:
+    """Consecutive audit events alike but for their UIDs (e.g. 300 instances stored)."""
+
+    first_at: datetime
+    last_at: datetime
+    event_type: str
+    outcome: str
+    source_ae: str | None
+    detail: dict[str, Any] | None
+    count: int
+
+
+def collapse_audit(rows: Sequence[AuditRow]) -> list[AuditRun]:
+    """Fold runs of the same event, outcome, AE and detail into one line each."""
+    runs: list[AuditRun] = []
+    for a in rows:
+        last = runs[-1] if runs else None
+        if last is not None and (last.event_type, last.outcome, last.source_ae, last.detail) == (
+            a.event_type,
+            a.outcome,
+            a.source_ae,
+            a.detail,
+        ):
+            last.last_at = a.occurred_at
+            last.count += 1
+        else:
+            runs.append(
+                AuditRun(
+                    a.occurred_at, a.occurred_at, a.event_type, a.outcome, a.source_ae, a.detail, 1
+                )
+            )
+    return runs
+
+
+@dataclass
 class StudyTrail:
     study_instance_uid: str
     study_date: str | None
@@ -326,6 +361,10 @@ class StudyTrail:
     @property
     def echo_referral(self) -> bool:
         return any(s.echo_referral for s in self.series)
+
+    @property
+    def audit_runs(self) -> list[AuditRun]:
+        return collapse_audit(self.audit)
 
 
 def study_trail(session: Session, study_instance_uid: str) -> StudyTrail | None:

@@ -134,10 +134,11 @@ def format_trail(trail: Any, patient: dict[str, str] | None = None) -> list[str]
             )
     if trail.audit:
         lines += ["", "audit"]
-        for a in trail.audit:
+        for a in trail.audit_runs:
             detail = f" {json.dumps(a.detail, sort_keys=True)}" if a.detail else ""
             ae = f" {a.source_ae}" if a.source_ae else ""
-            lines.append(f"  {t(a.occurred_at)} {a.event_type} {a.outcome}{ae}{detail}")
+            times = t(a.first_at) + (f" .. {t(a.last_at)} ({a.count}x)" if a.count > 1 else "")
+            lines.append(f"  {times} {a.event_type} {a.outcome}{ae}{detail}")
     return lines
 
 
