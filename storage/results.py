@@ -86,7 +86,7 @@ class ResultRow:
 
 def list_results(session: Session, flt: ResultFilter = ResultFilter()) -> list[ResultRow]:
     """Jobs matching ``flt``, newest received first, with their results."""
-    stmt: Select[Any] = (
+    stmt: Select[Job, Series, Study] = (
         select(Job, Series, Study)
         .join(Series, Job.series_id == Series.id)
         .join(Study, Series.study_id == Study.id)
@@ -425,7 +425,7 @@ def study_trail(session: Session, study_instance_uid: str) -> StudyTrail | None:
                 series_description=series.series_description,
                 modality=series.modality,
                 instances=series.instance_count,
-                calling_aes=sorted(aes),
+                calling_aes=sorted(a for a in aes if a),
                 first_received_at=series.first_received_at,
                 last_received_at=series.last_received_at,
                 first_instance_path=first_path,
@@ -522,8 +522,8 @@ def recent_studies(session: Session, limit: int = 100) -> list[WorklistRow]:
     for study in studies:
         members = per_study.get(study.id, [])
         states: dict[str, int] = defaultdict(int)
-        for _series, job in members:
-            states[JobState(job.state).value if job else "none"] += 1
+        for _series, member in members:
+            states[JobState(member.state).value if member else "none"] += 1
         out.append(
             WorklistRow(
                 study.study_instance_uid,
@@ -691,11 +691,13 @@ def metric_counts(session: Session) -> MetricCounts:
     ):
         skipped[skip_reason(reason)] += n
     jobs = {s.value: 0 for s in JobState}
-    for state, n in session.execute(select(Job.state, func.count()).group_by(Job.state)):
-        jobs[JobState(state).value] = n
+    for job_state, n in session.execute(select(Job.state, func.count()).group_by(Job.state)):
+        jobs[JobState(job_state).value] = n
     reports = {s.value: 0 for s in ReportState}
-    for state, n in session.execute(select(Report.state, func.count()).group_by(Report.state)):
-        reports[ReportState(state).value] = n
+    for report_state, n in session.execute(
+        select(Report.state, func.count()).group_by(Report.state)
+    ):
+        reports[ReportState(report_state).value] = n
     # Every claim counts an attempt; an attempt that did not fail either
     # delivered (sent) or is in flight (sending). Releases at shutdown do not count.
     attempts = session.scalar(select(func.coalesce(func.sum(Report.attempts), 0))) or 0

@@ -120,9 +120,9 @@ class Dashboard:
         if path == "/healthz":
             checks = run_checks(self.probes)
             ok = all(c.ok for c in checks)
-            body = {"status": "ok" if ok else "unhealthy", "checks": [asdict(c) for c in checks]}
+            health = {"status": "ok" if ok else "unhealthy", "checks": [asdict(c) for c in checks]}
             code = HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE
-            return code, "application/json", json.dumps(body, indent=2).encode()
+            return code, "application/json", json.dumps(health, indent=2).encode()
         html = "text/html; charset=utf-8"
         with self.sessions() as session:
             if path == "/":

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -383,7 +383,7 @@ def doc_queries() -> dict[str, str]:
     return queries
 
 
-def _plain(rows: list[Any]) -> list[tuple[Any, ...]]:
+def _plain(rows: Sequence[Any]) -> list[tuple[Any, ...]]:
     return [tuple(round(v, 9) if isinstance(v, float) else v for v in r) for r in rows]
 
 
