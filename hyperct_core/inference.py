@@ -79,8 +79,12 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
     return torch.float32
 
 
-def _narrow(model: HyperCT) -> bool:
-    return int(model.config.backbone.embed_dim) < 384
+#: Below this backbone width, ``dtype="auto"`` keeps fp32 on CPU.
+BF16_MIN_WIDTH_CPU = 384
+
+
+def _width(model: HyperCT) -> int:
+    return int(model.config.backbone.embed_dim)
 
 
 class Predictor:
@@ -100,6 +104,7 @@ class Predictor:
         strategy: str = "auto",
         images_per_pass: int = 64,
         copy_model: bool = True,
+        bf16_min_width: int = BF16_MIN_WIDTH_CPU,
     ) -> None:
         self.card = card
         self.device = resolve_device(device)
@@ -124,7 +129,7 @@ class Predictor:
         }
         self.bf16_probe_diff: float | None = None
         wanted = resolve_dtype(dtype, self.device)
-        if dtype == "auto" and self.device.type == "cpu" and _narrow(model):
+        if dtype == "auto" and self.device.type == "cpu" and _width(model) < bf16_min_width:
             # Small matrices gain nothing from bf16 on CPU, and oneDNN's per-shape
             # bf16 kernel set-up costs seconds per new study size.
             wanted = torch.float32

@@ -185,7 +185,8 @@ def test_bf16_within_001_of_fp32(model, batch, fp32_probs, strategy):
     not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="CPU without native bf16"
 )
 def test_auto_dtype_takes_bf16_only_where_it_holds(model, batch, fp32_probs):
-    fine = Predictor(model, device="cpu", dtype="auto")
+    # The tiny test models are narrow: lift the width floor to exercise the probe itself.
+    fine = Predictor(model, device="cpu", dtype="auto", bf16_min_width=0)
     assert fine.dtype == torch.bfloat16 and fine.bf16_probe_diff <= 0.005
     assert np.abs(fine.predict(batch) - fp32_probs).max() <= 0.01
     touchy = tiny_model(seed=0)
@@ -196,7 +197,7 @@ def test_auto_dtype_takes_bf16_only_where_it_holds(model, batch, fp32_probs):
             [touchy.volume_features(studies([2], seed=9), torch.tensor([t])) for t in range(25)]
         )
         touchy.classifier[1].bias.sub_(touchy.classifier(feats).mean())
-    pred = Predictor(touchy, device="cpu", dtype="auto")
+    pred = Predictor(touchy, device="cpu", dtype="auto", bf16_min_width=0)
     assert pred.bf16_probe_diff > 0.005
     assert pred.dtype == torch.float32
     assert next(pred.model.backbone.parameters()).dtype == torch.float32
@@ -221,3 +222,7 @@ def test_target_list_is_six_per_block(model):
     targets = lora_targets(model.config.backbone)
     assert len(targets) == 6 * model.config.backbone.depth
     assert [t.kind for t in targets[:6]] == ["q", "k", "v", "proj", "fc1", "fc2"]
+
+
+def test_auto_dtype_keeps_fp32_for_a_narrow_model_on_cpu(model):
+    assert Predictor(model, device="cpu", dtype="auto").dtype == torch.float32
