@@ -100,12 +100,18 @@ def _emit(rows: list[Any], fmt: str, task: str | None, out: Any) -> None:
         series = f"{r.series_number if r.series_number is not None else '?'}"
         series += f" {r.series_description}" if r.series_description else ""
         if r.state == "done":
-            detail = "flagged: " + (", ".join(r.flagged_tasks) or "none")
+            detail = f"flagged {len(r.flagged_tasks)}: " + (_few(r.flagged_tasks) or "none")
         else:
             detail = r.last_error or r.reason or ""
         print(f"{received:<16} {r.job_id:>5} {r.state:<10} {echo:<4}{p}  {r.study_instance_uid}",
               file=out)  # fmt: skip
         print(f"{'':<16} {'':>5} {'':<10} {'':<4}{' ' * len(p)}  {series}: {detail}", file=out)
+
+
+def _few(names: list[str], shown: int = 4) -> str:
+    # The table is for a glance; --format csv/json carries every task.
+    more = f", +{len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
 
 
 def _check_task(name: str) -> None:
