@@ -22,7 +22,7 @@ cardiomegaly                  the heart scaled by ``heart_scale``          >= 1.
 pericardial_effusion          fluid rim (10 HU) of ``pericardial_mm``      >= 4 mm
 pleural_effusion              dependent (posterior) fluid layer, depth     >= 10 mm
                               ``pleural_mm`` in the left/right/both lungs
-emphysema                     low-attenuation (-970 HU) spherical holes    >= 0.05
+emphysema                     low-attenuation (-985 HU) spherical holes    >= 0.05
                               covering ``emphysema_fraction`` of the lungs
 arterial_wall_calcification   ``aortic_calcifications`` plaques (700-1000  >= 1
                               HU) on the aortic wall
@@ -66,6 +66,7 @@ __all__ = [
     "make_volume",
     "random_spec",
     "write_dicom_series",
+    "write_phantom_dataset",
 ]
 
 DEFAULT_SHAPE: tuple[int, int, int] = (64, 128, 128)  # slices, rows, columns
@@ -77,7 +78,7 @@ MUSCLE = 50.0
 BLOOD = 40.0
 FLUID = 10.0
 LUNG = -850.0
-EMPHYSEMA = -970.0
+EMPHYSEMA = -985.0
 SOLID = 30.0
 BONE_CORTEX = 700.0
 BONE_CANCELLOUS = 280.0
@@ -204,15 +205,15 @@ def random_spec(
         pericardial_mm=float(rng.uniform(10, 18)) if present("pericardial_effusion") else 0.0,
         pleural_mm=float(rng.uniform(25, 50)) if present("pleural_effusion") else 0.0,
         pleural_side=sides[int(rng.integers(3))],
-        emphysema_fraction=float(rng.uniform(0.15, 0.3)) if present("emphysema") else 0.0,
-        aortic_calcifications=int(rng.integers(4, 10))
+        emphysema_fraction=float(rng.uniform(0.25, 0.4)) if present("emphysema") else 0.0,
+        aortic_calcifications=int(rng.integers(3, 7))
         if present("arterial_wall_calcification")
         else 0,
-        coronary_calcifications=int(rng.integers(3, 7))
+        coronary_calcifications=int(rng.integers(2, 5))
         if present("coronary_artery_wall_calcification")
         else 0,
-        nodules=int(rng.integers(1, 3)) if present("lung_nodule") else 0,
-        nodule_mm=float(rng.uniform(14, 22)),
+        nodules=int(rng.integers(1, 4)) if present("lung_nodule") else 0,
+        nodule_mm=float(rng.uniform(16, 26)),
         consolidations=int(rng.integers(1, 3)) if present("consolidation") else 0,
         medical_material=present("medical_material"),
         seed=int(rng.integers(2**31)),
@@ -337,8 +338,8 @@ def _anatomy(rng: np.random.Generator, z_extent: float) -> _Anatomy:
     return _Anatomy(
         body=body,
         fat=float(rng.uniform(10, 22)),
-        lung_radii=(0.36 * body[0], 0.74 * body[1]),
-        lung_x=0.44 * body[0],
+        lung_radii=(0.31 * body[0], 0.74 * body[1]),
+        lung_x=0.47 * body[0],
         lung_top=half * float(rng.uniform(0.78, 0.9)),
         diaphragm=-half * float(rng.uniform(0.55, 0.7)),
         heart=(
@@ -526,7 +527,7 @@ def _draw_mediastinum(
     )
     _tube(
         canvas,
-        np.array([[-35.0, centre[1] + 12, top], [-35.0, centre[1] + 12, canvas.z[-1] + 10]]),
+        np.array([[-22.0, centre[1] + 14, top], [-22.0, centre[1] + 14, canvas.z[-1] + 10]]),
         9.0,
         BLOOD,
         tissue=_VESSEL,
@@ -534,22 +535,39 @@ def _draw_mediastinum(
 
     # Calcified plaques sit on the aortic wall (arterial) and on the heart surface along
     # the left anterior descending and right coronary courses (coronary).
+    # Calcified plaques are wall segments 15-40 mm long: on the aortic wall (arterial),
+    # and along coronary courses over the upper, anterior heart surface (coronary).
+    path = _resample(aorta, 5.0)
     for _ in range(spec.aortic_calcifications):
-        i = int(layout.integers(len(aorta) - 1))
-        p = aorta[i] + layout.uniform(0, 1) * (aorta[i + 1] - aorta[i])
+        i = int(layout.integers(len(path) - 8))
+        seg = path[i : i + int(layout.integers(3, 8))]
         direction = layout.normal(size=3)
         direction /= np.linalg.norm(direction)
-        r = float(layout.uniform(3.0, 5.0))
-        _ellipsoid(canvas, p + direction * (aorta_r - 1.0), (r, r, r), layout.uniform(700, 1000))
-    for k in range(spec.coronary_calcifications):
-        # Points on the upper-anterior half of the heart ellipsoid.
-        theta = layout.uniform(0.15, 0.85) * np.pi  # around the heart, anterior half
-        phi = layout.uniform(0.1, 0.5) * np.pi  # above the equator
-        lr = -1.0 if k % 2 else 1.0
-        u = np.array([lr * np.cos(theta) * np.cos(phi), -np.sin(theta) * np.cos(phi), np.sin(phi)])
-        p = np.array(centre) + u * (np.array(radii) + 2.0)
         r = float(layout.uniform(3.0, 4.5))
-        _ellipsoid(canvas, p, (r, r, r), layout.uniform(600, 950))
+        _tube(canvas, seg + direction * (aorta_r - 1.0), r, float(layout.uniform(700, 1000)))
+    for k in range(spec.coronary_calcifications):
+        theta0 = layout.uniform(0.1, 0.7) * np.pi  # around the heart, anterior half
+        phi = layout.uniform(0.1, 0.45) * np.pi  # above the equator
+        lr = -1.0 if k % 2 else 1.0
+        theta = theta0 + np.linspace(0.0, layout.uniform(0.12, 0.3) * np.pi, 6)
+        u = np.stack(
+            [
+                lr * np.cos(theta) * np.cos(phi),
+                -np.sin(theta) * np.cos(phi),
+                np.full(6, np.sin(phi)),
+            ],
+            axis=1,
+        )
+        seg = np.array(centre) + u * (np.array(radii) + 2.0)
+        _tube(canvas, seg, float(layout.uniform(3.0, 4.0)), float(layout.uniform(600, 950)))
+
+
+def _resample(points: np.ndarray, step: float) -> np.ndarray:
+    """The polyline ``points`` resampled every ``step`` mm."""
+    lengths = np.linalg.norm(np.diff(points, axis=0), axis=1)
+    along = np.concatenate([[0.0], np.cumsum(lengths)])
+    at = np.arange(0.0, along[-1], step)
+    return np.stack([np.interp(at, along, points[:, a]) for a in range(3)], axis=1)
 
 
 def _random_lung_point(
@@ -609,15 +627,15 @@ def _draw_lung_findings(
                 p = _random_lung_point(canvas, anat, layout, side, 0.0)
                 if layout.random() < 0.5:  # pull toward the apex
                     p[2] = max(p[2], layout.uniform(p[2], anat.lung_top + anat.z_shift - 10))
-                r = float(layout.uniform(4, 10))
+                r = float(layout.uniform(6, 14))
                 _ellipsoid(canvas, p, (r, r, r), EMPHYSEMA, only=[tissue])
                 done += 4.18879 * r**3 / voxel
     for k in range(spec.consolidations):
         side = 1 if k % 2 == 0 else -1
         c = _random_lung_point(canvas, anat, layout, side, 10.0)
-        for _ in range(6):
-            r = float(layout.uniform(14, 24))
-            offset = layout.normal(0, 10, size=3)
+        for _ in range(8):
+            r = float(layout.uniform(20, 30))
+            offset = layout.normal(0, 16, size=3)
             _ellipsoid(canvas, c + offset, (r, r, r * 1.2), SOLID, only=lungs)
     for k in range(spec.nodules):
         side = 1 if layout.random() < 0.5 else -1
@@ -641,14 +659,14 @@ def _draw_lung_findings(
 def _draw_pacemaker(canvas: _Canvas, anat: _Anatomy) -> None:
     bx, by = anat.body
     z = anat.lung_top + anat.z_shift - 30.0
-    gen = (0.55 * bx, -(by - anat.fat / 2 - 2), z)
-    _ellipsoid(canvas, gen, (22, 4, 20), METAL)
+    gen = (0.55 * bx, -(by - anat.fat - 4), z)
+    _ellipsoid(canvas, gen, (24, 6, 22), METAL)
     centre, radii = _heart_geometry(anat, 1.0)
     lead = np.array(
         [
             gen,
-            [-35.0, centre[1] + 12, z],
-            [-35.0, centre[1] + 12, centre[2] + radii[2] * 0.6],
+            [-22.0, centre[1] + 14, z],
+            [-22.0, centre[1] + 14, centre[2] + radii[2] * 0.6],
             [centre[0] - 10, centre[1], centre[2] - 10],
         ]
     )
@@ -787,3 +805,63 @@ def write_dicom_series(
 def with_findings(spec: PhantomSpec, **changes: Any) -> PhantomSpec:
     """``spec`` with some findings changed (``dataclasses.replace``)."""
     return replace(spec, **changes)
+
+
+def write_phantom_dataset(
+    folder: str | Path,
+    count: int,
+    *,
+    seed: int = 0,
+    fmt: Literal["dicom", "npz"] = "npz",
+    shape: Sequence[int] = DEFAULT_SHAPE,
+    spacing: Sequence[float] = DEFAULT_SPACING,
+    splits: Sequence[tuple[str, float]] = (("train", 0.7), ("val", 0.15), ("test", 0.15)),
+    prevalence: float | dict[str, float] = 0.35,
+    tasks: Sequence[str] = ENCODED_TASKS,
+    progress: Any = None,
+) -> Path:
+    """Write ``count`` random phantoms and their manifest (``manifest.csv``) into ``folder``.
+
+    One patient per series (``PHANTOM0001``...), assigned to splits in the given
+    proportions. ``fmt="dicom"`` writes a CT series folder per phantom (slow, realistic);
+    ``"npz"`` writes ``hu`` (int16) and ``spacing`` arrays (fast). Labels of the encoded
+    tasks are 1/0, the others blank. The same arguments give the same dataset.
+
+    Returns:
+        The manifest path.
+    """
+    from hyperct_core.dataset import write_manifest
+
+    if count < 1:
+        raise ValueError("count must be >= 1")
+    fractions = np.array([f for _, f in splits], dtype=float)
+    if (fractions < 0).any() or fractions.sum() <= 0:
+        raise ValueError("split fractions must be >= 0 and not all 0")
+    bounds = np.round(np.cumsum(fractions / fractions.sum()) * count).astype(int)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng([seed, 7])
+    rows = []
+    for i in range(count):
+        split = splits[int(np.searchsorted(bounds, i, side="right"))][0]
+        spec = random_spec(rng, prevalence=prevalence, tasks=tasks)
+        noise = np.random.default_rng([seed, 8, i])
+        pid = f"PHANTOM{i + 1:04d}"
+        row: dict[str, Any] = {"patient_id": pid, "split": split, "series_id": pid}
+        if fmt == "dicom":
+            write_dicom_series(
+                spec, folder / pid, patient_id=pid, shape=shape, spacing=spacing, rng=noise
+            )
+            row["path"] = pid
+        elif fmt == "npz":
+            hu = make_volume(spec, shape, spacing, noise).astype(np.int16)
+            np.savez(folder / f"{pid}.npz", hu=hu, spacing=np.asarray(spacing, dtype=float))
+            row["path"] = f"{pid}.npz"
+        else:
+            raise ValueError(f"fmt must be 'dicom' or 'npz', not {fmt!r}")
+        lab = labels(spec)
+        row.update({t: lab[t] if t in tasks else None for t in TASK_NAMES})
+        rows.append(row)
+        if progress is not None:
+            progress(i + 1)
+    return write_manifest(folder / "manifest.csv", rows)
