@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import urllib.error
@@ -178,3 +179,23 @@ def test_a_network_bind_refuses_unauthenticated_requests(tmp_path: Path) -> None
             wait_for(model_failed, 30, "/healthz to report the model failure", serve)
         finally:
             assert serve.stop() == 0
+
+
+def test_serve_with_the_dashboard_port_taken_stops_with_one_line(tmp_path: Path) -> None:
+    bogus = tmp_path / "not-a-checkpoint"
+    bogus.mkdir()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = agent_config(tmp_path, bogus, extra=f"[web]\nenabled = true\nport = {port}\n")
+        serve = Serve(config)
+        code = serve.proc.wait(60)
+
+    def error_lines() -> list[str]:
+        return [line for line in serve.lines if line.startswith("hyperct-agent: error:")]
+
+    errors = wait_for(error_lines, 10, "the error line (read by another thread)")
+    assert code == 1 and len(errors) == 1
+    assert f"dashboard cannot listen on 127.0.0.1:{port}" in errors[0]
+    assert not any(line.startswith("Traceback") for line in serve.lines)
