@@ -1,4 +1,12 @@
-"""``hyperct-agent model info PATH``: show a checkpoint's card and parameter counts."""
+"""``hyperct-agent model``: inspect, train, evaluate HyperCT checkpoints; build the demo.
+
+* ``model info PATH``: a checkpoint's card and parameter counts.
+* ``model train MANIFEST --out RUN``: train (``hyperct_core.train``).
+* ``model evaluate CHECKPOINT MANIFEST --out DIR``: AUC with CIs, decision curves,
+  calibration, operating thresholds (``hyperct_core.evaluate``).
+* ``model phantoms OUT --count N``: a labelled synthetic dataset with its manifest.
+* ``model make-demo``: rebuild the committed demo checkpoint from phantoms.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +27,208 @@ def register(sub: Any) -> None:
     )
     info.add_argument("--json", action="store_true", help="print one JSON object")
     info.set_defaults(func=run_info)
+    _register_train(msub)
+    _register_evaluate(msub)
+    _register_phantoms(msub)
+    demo = msub.add_parser(
+        "make-demo",
+        help="rebuild the demo checkpoint (hyperct_core/demo_model) from synthetic phantoms",
+    )
+    demo.add_argument("--out", type=Path, help="where to write it (default: the package's)")
+    demo.add_argument("--work", type=Path, help="keep phantoms and the run here (resumable)")
+    demo.add_argument("--threads", type=int, help="torch CPU threads")
+    demo.add_argument("--no-progress", action="store_true")
+    demo.set_defaults(func=run_make_demo)
+
+
+def _register_train(msub: Any) -> None:
+    p = msub.add_parser("train", help="train HyperCT on a labelled manifest (CSV)")
+    p.add_argument("manifest", type=Path, help="manifest CSV (see hyperct_core.dataset)")
+    p.add_argument("--out", type=Path, required=True, help="run folder (best/, last/)")
+    p.add_argument(
+        "--preset",
+        choices=("paper", "demo"),
+        default="paper",
+        help="paper: ViT-B/16 + spec recipe; demo: small ViT pre-trained on the data",
+    )
+    src = p.add_mutually_exclusive_group()
+    src.add_argument(
+        "--backbone", type=Path, help="DINOv3 ViT-B/16 weight file (operator-supplied)"
+    )
+    src.add_argument(
+        "--random-backbone",
+        action="store_true",
+        help="random backbone weights (tests and demo models only)",
+    )
+    src.add_argument("--init", type=Path, help="start from this checkpoint (fine-tuning)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--betas", type=float, nargs=2)
+    p.add_argument("--eps", type=float)
+    p.add_argument("--schedule", choices=("cosine", "step", "constant"))
+    p.add_argument("--step-size", type=int, help="epochs between x gamma decays (step schedule)")
+    p.add_argument(
+        "--backbone-epochs",
+        type=int,
+        help="demo deviation: pre-train a small backbone for this many epochs",
+    )
+    p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--cache", type=Path, help="preprocessing cache folder")
+    p.add_argument("--name", default=None, help="model name in the card")
+    p.add_argument("--model-version", default="0.1.0", help="model version in the card")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run_train)
+
+
+def _register_evaluate(msub: Any) -> None:
+    p = msub.add_parser("evaluate", help="AUC with CIs, decision curves, calibration, thresholds")
+    p.add_argument("checkpoint", type=Path)
+    p.add_argument("manifest", type=Path)
+    p.add_argument("--out", type=Path, required=True, help="folder for metrics.csv, report.html")
+    p.add_argument("--split", default="test", choices=("train", "val", "test"))
+    p.add_argument(
+        "--rule",
+        choices=("sensitivity", "net_benefit"),
+        default="sensitivity",
+        help="how operating thresholds are chosen",
+    )
+    p.add_argument("--target-sensitivity", type=float, default=0.9)
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cache", type=Path)
+    p.add_argument("--backbone", type=Path, help="backbone weight file, if not where the card says")
+    p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--write-thresholds",
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="DEST",
+        help="write the thresholds into the card (in place, or a copy at DEST)",
+    )
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run_evaluate)
+
+
+def _register_phantoms(msub: Any) -> None:
+    p = msub.add_parser("phantoms", help="write labelled synthetic chest CT phantoms + manifest")
+    p.add_argument("out", type=Path)
+    p.add_argument("--count", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--format", choices=("dicom", "npz"), default="dicom")
+    p.set_defaults(func=run_phantoms)
+
+
+def _threads(n: int | None) -> None:
+    if n:
+        import torch
+
+        torch.set_num_threads(n)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from hyperct_core.train import TrainConfig, demo_setup, train
+
+    _threads(args.threads)
+    model_config = preprocess = None
+    config = TrainConfig()
+    if args.preset == "demo":
+        model_config, preprocess, config = demo_setup()
+    overrides = {
+        k: v
+        for k, v in {
+            "epochs": args.epochs,
+            "batch_size": args.batch_size,
+            "lr": args.lr,
+            "weight_decay": args.weight_decay,
+            "eps": args.eps,
+            "schedule": args.schedule,
+            "step_size": args.step_size,
+            "backbone_epochs": args.backbone_epochs,
+            "seed": args.seed,
+            "betas": tuple(args.betas) if args.betas else None,
+        }.items()
+        if v is not None
+    }
+    if args.no_augment:
+        overrides["augment"] = False
+    config = dataclasses.replace(config, **overrides)
+    result = train(
+        args.manifest,
+        args.out,
+        config=config,
+        model_config=model_config,
+        preprocess=preprocess,
+        backbone_weights=args.backbone,
+        random_backbone=args.random_backbone,
+        init_checkpoint=args.init,
+        resume=args.resume,
+        cache_dir=args.cache,
+        progress=not args.no_progress,
+        name=args.name or ("hyperct-demo" if args.preset == "demo" else "hyperct"),
+        version=args.model_version,
+        demo=args.preset == "demo",
+        log=print,
+    )
+    print(
+        f"best checkpoint: {result.best} (epoch {result.best_epoch + 1}, "
+        f"val mean AUC {result.best_auc:.3f})"
+    )
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from hyperct_core.evaluate import evaluate
+
+    result = evaluate(
+        args.checkpoint,
+        args.manifest,
+        args.out,
+        split=args.split,
+        rule=args.rule,
+        target_sensitivity=args.target_sensitivity,
+        n_boot=args.bootstrap,
+        seed=args.seed,
+        cache_dir=args.cache,
+        backbone_path=args.backbone,
+        device=args.device,
+        write_thresholds=args.write_thresholds,
+        progress=not args.no_progress,
+    )
+    for g, m in result.groups.items():
+        print(
+            f"mean AUC ({g}, {m['tasks']} tasks): {m['auc']:.3f} "
+            f"[{m['ci_low']:.3f}, {m['ci_high']:.3f}]"
+        )
+    for name, path in result.files.items():
+        print(f"{name}: {path}")
+    return 0
+
+
+def run_phantoms(args: argparse.Namespace) -> int:
+    from hyperct_core.phantoms import write_phantom_dataset
+
+    manifest = write_phantom_dataset(args.out, args.count, seed=args.seed, fmt=args.format)
+    print(f"manifest: {manifest}")
+    return 0
+
+
+def run_make_demo(args: argparse.Namespace) -> int:
+    from hyperct_core.demo import DEMO_DIR, make_demo_model
+
+    _threads(args.threads)
+    out = make_demo_model(
+        args.out or DEMO_DIR, work=args.work, progress=not args.no_progress, log=print
+    )
+    print(f"demo checkpoint: {out}")
+    return 0
 
 
 def model_info(path: Path, backbone: Path | None = None) -> dict[str, Any]:

@@ -1,0 +1,176 @@
+"""Evaluation metrics against scikit-learn and hand-worked cases; the CLI end to end."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hyperct_core.evaluate import (
+    DCA_THRESHOLDS,
+    EvaluateError,
+    bootstrap_auc,
+    calibration,
+    choose_threshold,
+    evaluate_predictions,
+    net_benefit,
+    refer_all_benefit,
+    roc_auc,
+    roc_curve,
+)
+from hyperct_core.tasks import TASK_NAMES
+
+sklearn_metrics = pytest.importorskip("sklearn.metrics")
+
+
+def _scores(n: int, seed: int, separation: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y = rng.random(n) < 0.3
+    score = rng.normal(size=n) + separation * y
+    return y, score
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_auc_equals_scikit_learn_including_ties(seed: int) -> None:
+    y, score = _scores(300, seed)
+    assert roc_auc(y, score) == pytest.approx(sklearn_metrics.roc_auc_score(y, score), abs=1e-12)
+    coarse = np.round(score, 0)  # many ties
+    assert roc_auc(y, coarse) == pytest.approx(sklearn_metrics.roc_auc_score(y, coarse), abs=1e-12)
+    fpr, tpr, _ = roc_curve(y, coarse)
+    assert np.trapezoid(tpr, fpr) == pytest.approx(roc_auc(y, coarse), abs=1e-12)
+    assert math.isnan(roc_auc(np.ones(5), np.arange(5.0)))
+
+
+def test_bootstrap_ci_contains_the_estimate_and_narrows_with_n() -> None:
+    widths = []
+    for n in (60, 1000):
+        y, score = _scores(n, seed=n)
+        auc = roc_auc(y, score)
+        low, high, used = bootstrap_auc(y, score, n=1000, seed=4)
+        assert low <= auc <= high
+        assert used >= 990
+        widths.append(high - low)
+    assert widths[1] < 0.5 * widths[0]
+    # Seeded: the same call gives the same interval.
+    y, score = _scores(60, seed=60)
+    assert bootstrap_auc(y, score, seed=4) == bootstrap_auc(y, score, seed=4)
+
+
+def test_net_benefit_matches_a_hand_worked_case() -> None:
+    y = np.array([1, 1, 0, 0, 0])
+    p = np.array([0.9, 0.4, 0.6, 0.2, 0.1])
+    # pt = 0.3: refer 0.9, 0.4, 0.6 -> TP 2, FP 1 -> 2/5 - 1/5 * 0.3/0.7
+    # pt = 0.5: refer 0.9, 0.6 -> TP 1, FP 1 -> 1/5 - 1/5 * 1 = 0
+    nb = net_benefit(y, p, [0.3, 0.5])
+    assert nb == pytest.approx([0.4 - 0.2 * 3 / 7, 0.0])
+    # Refer all: prevalence 0.4 -> 0.4 - 0.6 * pt / (1 - pt)
+    assert refer_all_benefit(y, [0.3, 0.5]) == pytest.approx([0.4 - 0.6 * 3 / 7, -0.2])
+
+
+def test_threshold_rules() -> None:
+    y, score = _scores(400, seed=9, separation=1.5)
+    p = 1 / (1 + np.exp(-score))
+    t = choose_threshold(y, p, "sensitivity", 0.9)
+    assert ((p >= t) & y).sum() / y.sum() >= 0.9
+    above = p[y][p[y] > t].min()  # the next higher threshold misses the target
+    assert ((p >= above) & y).sum() / y.sum() < 0.9
+    t_nb = choose_threshold(y, p, "net_benefit")
+    assert net_benefit(y, p, [t_nb])[0] == pytest.approx(net_benefit(y, p, DCA_THRESHOLDS).max())
+    with pytest.raises(EvaluateError, match="unknown threshold rule"):
+        choose_threshold(y, p, "youden")
+
+
+def test_calibration_of_calibrated_and_overconfident_scores() -> None:
+    rng = np.random.default_rng(0)
+    p = rng.random(20000)
+    y = rng.random(20000) < p
+    good = calibration(y, p)
+    assert good["ece"] < 0.02 and abs(good["calibration_in_the_large"]) < 0.01
+    assert good["brier"] == pytest.approx(np.mean((p - y) ** 2))
+    bad = calibration(y, np.where(p > 0.5, 0.99, 0.01))
+    assert bad["ece"] > 0.2
+    assert sum(row["count"] for row in good["table"]) == 20000
+
+
+def test_missing_labels_are_masked_and_groups_average_tasks() -> None:
+    rng = np.random.default_rng(1)
+    n = 200
+    labels = np.full((n, len(TASK_NAMES)), np.nan)
+    probs = rng.random((n, len(TASK_NAMES)))
+    cardio, lvsd = (
+        TASK_NAMES.index("cardiomegaly"),
+        TASK_NAMES.index("reduced_lv_systolic_function"),
+    )
+    labels[:, cardio] = rng.random(n) < 0.4
+    labels[: n // 2, lvsd] = rng.random(n // 2) < 0.4
+    probs[:, cardio] = 0.7 * labels[:, cardio] + 0.3 * rng.random(n)
+    result = evaluate_predictions(labels, probs, n_boot=200)
+    assert set(result.tasks) == {"cardiomegaly", "reduced_lv_systolic_function"}
+    assert result.tasks["reduced_lv_systolic_function"]["n"] == n // 2
+    known = slice(0, n // 2)
+    assert result.tasks["reduced_lv_systolic_function"]["auc"] == pytest.approx(
+        sklearn_metrics.roc_auc_score(labels[known, lvsd], probs[known, lvsd])
+    )
+    groups = result.groups
+    assert groups["conventional"]["auc"] == pytest.approx(result.tasks["cardiomegaly"]["auc"])
+    assert groups["all"]["auc"] == pytest.approx(np.mean([m["auc"] for m in result.tasks.values()]))
+    assert groups["all"]["ci_low"] <= groups["all"]["auc"] <= groups["all"]["ci_high"]
+    with pytest.raises(EvaluateError, match="no task has both"):
+        evaluate_predictions(np.zeros((4, 25)), probs[:4], n_boot=10)
+
+
+def test_evaluate_cli_writes_report_csv_and_thresholds(tmp_path: Path) -> None:
+    from agent.cli import main
+    from hyperct_core.checkpoint import load_checkpoint, make_card, save_checkpoint
+    from hyperct_core.phantoms import write_phantom_dataset
+    from hyperct_core.preprocess import PreprocessConfig
+    from tests.core.tiny_models import IMG, tiny_model
+
+    model = tiny_model(seed=2)
+    pre = PreprocessConfig(volume_size=IMG + 6, crop_size=IMG)
+    ckpt = tmp_path / "ckpt"
+    save_checkpoint(model, make_card(model, preprocessing=pre.to_dict()), ckpt)
+    manifest = write_phantom_dataset(
+        tmp_path / "data", 16, seed=1, fmt="npz", shape=(24, 48, 48), spacing=(12, 7, 7),
+        splits=(("test", 1.0),), prevalence=0.5, tasks=["cardiomegaly", "pleural_effusion"],
+    )  # fmt: skip
+    out = tmp_path / "eval"
+    code = main(
+        ["model", "evaluate", str(ckpt), str(manifest), "--out", str(out), "--bootstrap", "100",
+         "--rule", "net_benefit", "--write-thresholds", str(tmp_path / "with_thr"),
+         "--no-progress"]
+    )  # fmt: skip
+    assert code == 0
+    with (out / "metrics.csv").open() as f:
+        rows = {r["task"]: r for r in csv.DictReader(f)}
+    assert {"cardiomegaly", "pleural_effusion", "mean_all", "mean_conventional"} <= set(rows)
+    low, auc, high = (float(rows["cardiomegaly"][k]) for k in ("ci_low", "auc", "ci_high"))
+    assert low <= auc <= high
+    html = (out / "report.html").read_text()
+    assert html.count("<svg") == 3 * 2 and "http://" not in html.replace(
+        'xmlns="http://www.w3.org/2000/svg"', ""
+    )
+    assert "<script" not in html and "not validated" in html
+    _, card = load_checkpoint(tmp_path / "with_thr")
+    chosen = card.extra["operating_points"]
+    assert chosen["rule"] == "net_benefit" and set(chosen["tasks"]) == {
+        "cardiomegaly",
+        "pleural_effusion",
+    }
+    assert card.thresholds["cardiomegaly"] == pytest.approx(
+        float(rows["cardiomegaly"]["threshold"])
+    )
+    assert card.thresholds["emphysema"] == 0.5 and card.validated is False
+
+
+def test_evaluate_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from agent.cli import main
+
+    bad = tmp_path / "m.csv"
+    bad.write_text("path,patient_id,split,heart\nx.npy,P,test,1\n")
+    assert main(["model", "evaluate", str(tmp_path), str(bad), "--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "unknown column 'heart'" in err
