@@ -33,6 +33,13 @@ refuses, before reading the body, a PDU longer than the AE's
 :class:`PduLimits` allow, and a run of P-DATA-TF PDUs whose total exceeds the
 dataset cap. Either raises Evt19 (invalid PDU, PS3.8 9.2), so the state
 machine sends an A-ABORT and closes the connection.
+
+Two exceptions in pynetdicom's DUL thread kill it and leave the association
+hanging: decoding a DIMSE command set that lacks Command Field (found by
+``tests/agent/test_security_fuzz.py``) and, generally, any error inside a
+state-machine action. The first becomes Evt19 like pynetdicom's own invalid
+messages; the second aborts the association the way pynetdicom does when its
+reactor loop fails.
 """
 
 from __future__ import annotations
@@ -52,8 +59,11 @@ from typing import Any
 from pynetdicom import association as _association
 from pynetdicom import dul as _dul
 from pynetdicom.association import Association
+from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.events import Event
+from pynetdicom.fsm import StateMachine
+from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.transport import AssociationSocket
 
 _WAKE_ATTR = "_hyperct_wake"
@@ -274,6 +284,41 @@ def _drain(sock: AssociationSocket) -> None:
         sock.event_queue.put("Evt17")
 
 
+_original_receive_primitive = DIMSEServiceProvider.receive_primitive
+_original_do_action = StateMachine.do_action
+
+
+def _receive_primitive_guarded(self: DIMSEServiceProvider, primitive: Any) -> None:
+    try:
+        _original_receive_primitive(self, primitive)
+    except Exception as exc:  # a P-DATA that does not decode as a DIMSE message
+        _log.warning("undecodable DIMSE message (%s); aborting", type(exc).__name__)
+        self.message = None
+        self.dul.event_queue.put("Evt19")
+
+
+def _do_action_guarded(self: StateMachine, event: str) -> None:
+    try:
+        _original_do_action(self, event)
+    except Exception as exc:
+        dul = self.dul
+        _log.warning(
+            "DUL failed on %s in %s (%s); aborting", event, self.current_state, type(exc).__name__
+        )
+        abort = A_ABORT_RQ()
+        abort.source = 0x02
+        abort.reason_diagnostic = 0x00
+        with contextlib.suppress(Exception):
+            dul.socket.send(abort.encode())  # type: ignore[union-attr]
+        with contextlib.suppress(Exception):
+            dul.socket.close()  # type: ignore[union-attr]
+        assoc = dul.assoc
+        assoc.is_aborted = True
+        assoc.is_established = False
+        assoc._kill = True
+        dul._kill_thread = True
+
+
 _installed = False
 _lock = threading.Lock()
 
@@ -289,6 +334,8 @@ def install_transport_tuning() -> None:
         _dul.time = clock  # type: ignore[attr-defined]
         AssociationSocket.recv = _recv_exact  # type: ignore[method-assign]
         DULServiceProvider._read_pdu_data = _read_pdu_data_guarded  # type: ignore[method-assign]
+        DIMSEServiceProvider.receive_primitive = _receive_primitive_guarded  # type: ignore[method-assign]
+        StateMachine.do_action = _do_action_guarded  # type: ignore[method-assign]
         _installed = True
 
 

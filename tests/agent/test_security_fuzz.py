@@ -45,7 +45,7 @@ from tests.support.ct_series import ct_series
 # Malformed input is the point: pydicom's warnings about it are expected.
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
-EXAMPLES = int(os.environ.get("HYPERCT_FUZZ_EXAMPLES", "150"))
+EXAMPLES = int(os.environ.get("HYPERCT_FUZZ_EXAMPLES", "250"))
 FUZZ = settings(
     max_examples=EXAMPLES,
     deadline=None,
@@ -155,31 +155,56 @@ def pdu_streams(draw: st.DrawFn) -> tuple[bool, bytes]:
     return True, pdu_header(0x04, len(items)) + items
 
 
-@FUZZ
-@given(stream=pdu_streams())
-@example(stream=(True, pdu_header(0x04, 0xFFFFFFFF)))
-@example(stream=(False, pdu_header(0x09, 4) + b"junk"))
-@example(stream=(True, pdu_header(0x04, 6) + struct.pack(">LBB", 0xFFFFFFFF, 1, 3)))
-def test_fuzz_pdus(fuzz_node: NodeUnderTest, stream: tuple[bool, bytes]) -> None:
-    associate_first, payload = stream
+# P-DATA-TF whose PDVs end a command set without (0000,0100) Command Field.
+NO_COMMAND_FIELD = (
+    pdu_header(0x04, 36)
+    + b"\x00\x00\x00\x08\xff-\xdb\xf7\xd7M\xba\xaa"
+    + b"\x00\x00\x00\x08\x01-\xdb\xf7\xd7M\xba\xaa"
+    + b"\x00\x00\x00\x08\x033\xdb\xf7\xd7M\xba\xaa"
+)
+
+
+def _settle(node: NodeUnderTest, within: float = 3.0) -> None:
+    deadline = time.monotonic() + within
+    while node.node.ae.active_associations and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def test_fuzz_pdus(fuzz_node: NodeUnderTest) -> None:
+    # One watch for the whole run: a thread that dies after its connection
+    # closed is caught by the next example (and at the end), without waiting
+    # for every association thread to wind down after each example.
     with CrashWatch() as watch:
-        sock = raw_connect(fuzz_node.port)
-        try:
-            if associate_first:
-                sock.sendall(associate_rq())
-                sock.settimeout(5)
-                # A-ASSOCIATE-AC, or -RJ while earlier examples' associations wind down
-                assert sock.recv(1)[:1] in (b"\x02", b"\x03", b"")
+
+        @FUZZ
+        @given(stream=pdu_streams())
+        @example(stream=(True, pdu_header(0x04, 0xFFFFFFFF)))
+        @example(stream=(False, pdu_header(0x09, 4) + b"junk"))
+        @example(stream=(True, pdu_header(0x04, 6) + struct.pack(">LBB", 0xFFFFFFFF, 1, 3)))
+        @example(stream=(True, NO_COMMAND_FIELD))  # found by this harness: killed the DUL
+        def one(stream: tuple[bool, bytes]) -> None:
+            associate_first, payload = stream
+            sock = raw_connect(fuzz_node.port)
             try:
-                sock.sendall(payload)
-                sock.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass  # the node may already have aborted
-            assert _wait_closed(sock), "the node kept a broken connection open"
-        finally:
-            sock.close()
+                if associate_first:
+                    sock.sendall(associate_rq())
+                    sock.settimeout(5)
+                    # A-ASSOCIATE-AC, or -RJ while earlier examples' associations wind down
+                    assert sock.recv(1)[:1] in (b"\x02", b"\x03", b"")
+                try:
+                    sock.sendall(payload)
+                    sock.shutdown(socket.SHUT_WR)
+                except OSError:
+                    pass  # the node may already have aborted
+                assert _wait_closed(sock), "the node kept a broken connection open"
+            finally:
+                sock.close()
+            assert watch.crashes == []
+            assert fuzz_node.counts() == (0, 0)
+
+        one()
+        _settle(fuzz_node, within=10)
     assert watch.crashes == []
-    assert fuzz_node.counts() == (0, 0)
 
 
 def test_after_pdu_fuzzing_the_node_still_serves(fuzz_node: NodeUnderTest) -> None:
@@ -316,6 +341,26 @@ def test_fuzz_datasets(
 
 
 # -- regression cases found by fuzzing or review ---------------------------------------------
+
+
+def test_command_set_without_command_field_aborts(fuzz_node: NodeUnderTest) -> None:
+    with CrashWatch() as watch:
+        sock = raw_connect(fuzz_node.port)
+        try:
+            sock.sendall(associate_rq())
+            sock.settimeout(5)
+            assert sock.recv(1) == b"\x02"
+            sock.recv(65536)
+            sock.sendall(NO_COMMAND_FIELD)  # connection stays open on our side
+            started = time.monotonic()
+            reply = sock.recv(1)
+            assert reply in (b"\x07", b"")  # A-ABORT (or closed) at once
+            assert time.monotonic() - started < 1.5
+        finally:
+            sock.close()
+        _settle(fuzz_node)
+    assert watch.crashes == []
+    _healthy(fuzz_node)
 
 
 def test_deflate_bomb_is_not_inflated_whole() -> None:
