@@ -7,7 +7,7 @@ import ssl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from pydicom.pixels import get_decoder
 from pydicom.uid import (
@@ -176,11 +176,14 @@ def _serve(
     handlers: NodeHandlers,
     context: ssl.SSLContext | None = None,
 ) -> NodeServer:
-    server = ae.make_server(
-        address,
-        ssl_context=context,
-        evt_handlers=handlers.bindings(),  # type: ignore[arg-type]
-        server_class=NodeServer,
+    server = cast(
+        NodeServer,
+        ae.make_server(
+            address,
+            ssl_context=context,
+            evt_handlers=handlers.bindings(),  # type: ignore[arg-type]
+            server_class=NodeServer,
+        ),
     )
     server.on_handshake_failure = handlers.on_tls_failure
     thread = threading.Thread(target=server.serve_forever, name="AcceptorServer", daemon=True)
