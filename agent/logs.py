@@ -155,6 +155,8 @@ def configure_logging(
     # pynetdicom is chatty at INFO (one line per PDU event); keep it at warning
     # unless the operator asks for debug.
     logging.getLogger("pynetdicom").setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
+    # APScheduler logs every run of every interval job at INFO.
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
     quiet_pynetdicom()
 
 

@@ -7,10 +7,11 @@ row, so ``hyperct-agent explain`` can show them. Each job is decided in its
 own short transaction with its row locked (``FOR UPDATE SKIP LOCKED`` on
 PostgreSQL), so two agent processes never decide the same series.
 
-Late instances (after a series was decided) follow ``[completeness]
-late_instances``: ``record`` keeps them and notes it on the job; ``rescreen``
-sends the series back through the sweep, and a new screening gets a new
-report revision.
+Instances that arrive after a decision: a series that was not screened
+(incomplete or skipped) is decided again, since the new slices may complete
+it; a screened one follows ``[completeness] late_instances``: ``record``
+keeps them and notes it on the job, ``rescreen`` sends the series back
+through the sweep, and a new screening gets a new report revision.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ log = get_logger("agent.sweep")
 
 # States whose series have been chosen for screening in their study.
 _CHOSEN = (JobState.QUEUED, JobState.RUNNING, JobState.DONE, JobState.FAILED)
-_DECIDED = (JobState.DONE, JobState.INCOMPLETE, JobState.SKIPPED, JobState.DEAD)
+_DECIDED = (JobState.DONE, JobState.INCOMPLETE, JobState.SKIPPED)
 
 
 class Sweeper:
@@ -67,16 +68,16 @@ class Sweeper:
             job.reason = "; ".join(completeness.reasons) or None
             return 0
         if completeness.state != "complete":
-            self._set(job, JobState.INCOMPLETE, completeness.reasons, facts)
+            self._set(job, JobState.INCOMPLETE, completeness.reasons, facts, now)
             return 0
         eligibility = assess_eligibility(facts, self.settings.eligibility)
         if not eligibility.eligible:
             failed = [f"{c.name}: {c.detail}" for c in eligibility.checks if not c.passed]
-            self._set(job, JobState.SKIPPED, ["not eligible", *failed], facts)
+            self._set(job, JobState.SKIPPED, ["not eligible", *failed], facts, now)
             return 0
-        return self._select(session, job, facts)
+        return self._select(session, job, facts, now)
 
-    def _select(self, session: Session, job: Job, facts: SeriesFacts) -> int:
+    def _select(self, session: Session, job: Job, facts: SeriesFacts, now: datetime) -> int:
         """Screen one series per study: this one, or one already chosen."""
         siblings = {
             f.series_instance_uid: f
@@ -90,23 +91,26 @@ class Sweeper:
         ).all()
         chosen_jobs = {uid: sibling for uid, sibling in rows}
         if not chosen_jobs:
-            self._set(job, JobState.QUEUED, ["complete and eligible"], facts)
+            self._set(job, JobState.QUEUED, ["complete and eligible"], facts, now)
             return 1
         selection = choose_series([facts, *(siblings[uid] for uid in chosen_jobs)])
         if selection.chosen_uid != facts.series_instance_uid:
             reason = selection.reasons.get(facts.series_instance_uid, "another series was chosen")
-            self._set(job, JobState.SKIPPED, [f"not chosen: {reason}"], facts)
+            self._set(job, JobState.SKIPPED, [f"not chosen: {reason}"], facts, now)
             return 0
         # This series is better; a sibling not screened yet gives way to it.
         for uid, sibling in chosen_jobs.items():
             if sibling.state in (JobState.QUEUED, JobState.FAILED):
                 reason = selection.reasons.get(uid, "another series was chosen")
-                self._set(sibling, JobState.SKIPPED, [f"not chosen: {reason}"], siblings[uid])
+                self._set(sibling, JobState.SKIPPED, [f"not chosen: {reason}"], siblings[uid], now)
         why = selection.reasons.get(facts.series_instance_uid, "chosen")
-        self._set(job, JobState.QUEUED, ["complete and eligible", why], facts)
+        self._set(job, JobState.QUEUED, ["complete and eligible", why], facts, now)
         return 1
 
-    def _set(self, job: Job, state: JobState, reasons: list[str], facts: SeriesFacts) -> None:
+    def _set(
+        self, job: Job, state: JobState, reasons: list[str], facts: SeriesFacts, now: datetime
+    ) -> None:
+        job.updated_at = now  # the decision time that late instances are compared with
         job.state = state
         job.reason = "; ".join(reasons)
         job.next_attempt_at = None
@@ -115,7 +119,11 @@ class Sweeper:
         )
 
     def _late_instances(self, now: datetime) -> None:
-        """Series that received instances after their decision."""
+        """Series that received instances after their decision.
+
+        A series not screened (incomplete, or skipped) is decided again: the new
+        slices may complete it. A screened one follows ``late_instances``.
+        """
         policy = self.settings.completeness.late_instances
         with self.sessions.begin() as session:
             late = (
@@ -129,12 +137,12 @@ class Sweeper:
                 .all()
             )
             for job in late:
-                if policy == "rescreen":
+                if job.state in (JobState.INCOMPLETE, JobState.SKIPPED) or policy == "rescreen":
                     job.state = JobState.RECEIVING
-                    job.reason = "late instances: deciding again"
+                    job.reason = "new instances after the decision: deciding again"
                 else:
-                    note = "late instances received after the decision (kept, not screened)"
+                    note = "late instances received after screening (kept, not screened)"
                     if note not in (job.reason or ""):
                         job.reason = f"{job.reason}; {note}" if job.reason else note
                 job.updated_at = now
-                log.info("late instances", job=job.id, policy=policy)
+                log.info("late instances", job=job.id, state=str(job.state), policy=policy)

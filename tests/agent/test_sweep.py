@@ -70,6 +70,15 @@ def test_a_gap_waits_then_is_recorded_incomplete(engine: Engine) -> None:
     sweeper.run_once(now=T0 + timedelta(seconds=2000))
     job = job_of(engine, uid)
     assert job.state == JobState.INCOMPLETE and "missing" in (job.reason or "")
+    # The missing slice arrives after all (a resumed transfer): decided again, now complete.
+    late = replace(make_record(20), study_instance_uid=STUDY, series_instance_uid=uid,
+                   sop_instance_uid=f"{uid}.20", series_number=3,
+                   image_type="ORIGINAL\\PRIMARY\\AXIAL",
+                   received_at=T0 + timedelta(seconds=3000))  # fmt: skip
+    with make_session_factory(engine).begin() as s:
+        record_instance(s, late)
+    sweeper.run_once(now=T0 + timedelta(seconds=3100))
+    assert job_of(engine, uid).state == JobState.QUEUED
 
 
 def test_one_series_per_study_and_ineligible_ones_skipped(engine: Engine) -> None:
