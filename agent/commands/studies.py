@@ -35,21 +35,24 @@ def register(sub: Any) -> None:
 
 def run_show(args: argparse.Namespace) -> int:
     from agent.runtime import open_runtime
+    from storage.audit import audit
     from storage.db import make_session_factory
     from storage.results import study_trail
 
     runtime = open_runtime(args.config, migrate=False)
+    patient = None
     try:
         with make_session_factory(runtime.engine, read_only=True)() as session:
             trail = study_trail(session, args.uid)
-        store = runtime.instance_store()
+        if trail is None:
+            raise AgentError(f"no study {args.uid!r} in the database")
+        if args.show_patient:
+            patient = patient_header(trail, runtime.settings.storage.root)
+            # Who looked at patient data is worth an audit row (the data itself is not in it).
+            with runtime.sessions.begin() as session:
+                audit(session, "admin", "patient_data_shown", study_instance_uid=args.uid)
     finally:
         runtime.close()
-    if trail is None:
-        raise AgentError(f"no study {args.uid!r} in the database")
-    patient = None
-    if args.show_patient:
-        patient = patient_header(trail, store.root)
     if args.json:
         data = asdict(trail)
         if patient is not None:
