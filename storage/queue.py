@@ -30,6 +30,26 @@ def backoff(base_seconds: float, attempts: int, cap_seconds: float = 6 * 3600) -
     return timedelta(seconds=min(cap_seconds, base_seconds * 2 ** max(0, attempts - 1)))
 
 
+def _retry_or_dead(
+    row: Job | Report,
+    failed: JobState | ReportState,
+    dead: JobState | ReportState,
+    error: str,
+    max_attempts: int,
+    retry_seconds: float,
+    now: datetime | None,
+) -> None:
+    """After a failed attempt: wait out a backoff, or give up after ``max_attempts``."""
+    row.last_error = error[:2000]
+    row.claimed_by = None
+    if row.attempts >= max_attempts:
+        row.state = dead  # type: ignore[assignment]
+        row.next_attempt_at = None
+    else:
+        row.state = failed  # type: ignore[assignment]
+        row.next_attempt_at = (now or utcnow()) + backoff(retry_seconds, row.attempts)
+
+
 # -- jobs ------------------------------------------------------------------------
 
 
@@ -85,18 +105,10 @@ def fail_job(
     now: datetime | None = None,
 ) -> JobState | None:
     """Record a failed attempt: retry after a backoff, or dead after ``max_attempts``."""
-    now = now or utcnow()
     job = session.get(Job, job_id, with_for_update=True)
     if job is None or job.state != JobState.RUNNING or job.claimed_by != worker:
         return None
-    job.last_error = error[:2000]
-    job.claimed_by = None
-    if job.attempts >= max_attempts:
-        job.state = JobState.DEAD
-        job.next_attempt_at = None
-    else:
-        job.state = JobState.FAILED
-        job.next_attempt_at = now + backoff(retry_seconds, job.attempts)
+    _retry_or_dead(job, JobState.FAILED, JobState.DEAD, error, max_attempts, retry_seconds, now)
     session.flush()
     return job.state
 
@@ -192,18 +204,12 @@ def report_failed(
     retry_seconds: float,
     now: datetime | None = None,
 ) -> ReportState | None:
-    now = now or utcnow()
     report = session.get(Report, report_id, with_for_update=True)
     if report is None or report.state != ReportState.SENDING or report.claimed_by != worker:
         return None
-    report.last_error = error[:2000]
-    report.claimed_by = None
-    if report.attempts >= max_attempts:
-        report.state = ReportState.DEAD
-        report.next_attempt_at = None
-    else:
-        report.state = ReportState.FAILED
-        report.next_attempt_at = now + backoff(retry_seconds, report.attempts)
+    _retry_or_dead(
+        report, ReportState.FAILED, ReportState.DEAD, error, max_attempts, retry_seconds, now
+    )
     session.flush()
     return report.state
 
