@@ -63,6 +63,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # output piped into `head` and the like
+        sys.stderr.close()
+        return 0
     except Exception as exc:
         if isinstance(exc, _library_errors()):
             print(f"hyperct-agent: error: {exc}", file=sys.stderr)
