@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from agent.config import Destination, Settings
 from agent.logs import get_logger
-from agent.send import scu
+from agent.send import associate, scu
 from storage.audit import audit
 from storage.files import InstanceStore
 from storage.queue import claim_reports, report_failed, report_sent, requeue_stale_reports
@@ -88,7 +88,7 @@ class Deliverer:
         ae = scu(self.settings.node)
         for sop_class in sorted({str(ds.SOPClassUID) for _, ds in datasets}):
             ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
-        assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
+        assoc = associate(ae, dest)  # over TLS when the destination has a tls table
         if not assoc.is_established:
             reason = "association rejected" if assoc.is_rejected else "destination unreachable"
             for item, _ in datasets:
