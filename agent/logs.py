@@ -155,8 +155,10 @@ def configure_logging(
     # pynetdicom is chatty at INFO (one line per PDU event); keep it at warning
     # unless the operator asks for debug.
     logging.getLogger("pynetdicom").setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
-    # APScheduler logs every run of every interval job at INFO.
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    # APScheduler logs every run of every interval job at INFO, Alembic its
+    # set-up on every command that opens the database.
+    for chatty in ("apscheduler", "alembic"):
+        logging.getLogger(chatty).setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
     quiet_pynetdicom()
 
 
