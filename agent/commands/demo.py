@@ -123,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
             agent.kill()
         pacs_server.shutdown()
         log_file.close()
+    _print_model(log_path)
     _print_findings(work / "agent.db", received)
     say(f"\nreports received by {PACS_AET}: " + ", ".join(str(p) for p in received))
     say(f"agent database: {work / 'agent.db'}   stored images: {work / 'storage'}")
@@ -152,7 +153,7 @@ _SHOWN = {
 }
 
 
-_DETAILS = ("state", "reason", "inference_seconds", "name", "version")
+_DETAILS = ("state", "reason", "inference_seconds", "name", "version", "training")
 
 
 def _progress(log_path: Path, shown: int) -> int:
@@ -170,6 +171,15 @@ def _progress(log_path: Path, shown: int) -> int:
     return len(lines)
 
 
+def _print_model(log_path: Path) -> None:
+    for line in log_path.read_text().splitlines():
+        if line.startswith("{") and json.loads(line).get("event") == "model loaded":
+            event = json.loads(line)
+            say(f"\nmodel: {event.get('name')} {event.get('version')}, DEMO (not for clinical "
+                f"use); training: {event.get('training') or 'unknown'}")  # fmt: skip
+            return
+
+
 def _print_findings(db_path: Path, received: list[Path]) -> None:
     from sqlalchemy import create_engine, select
     from sqlalchemy.orm import Session
@@ -182,7 +192,7 @@ def _print_findings(db_path: Path, received: list[Path]) -> None:
         job = session.scalars(select(Job)).one()
         results = session.scalars(select(Result).order_by(Result.task_index)).all()
     engine.dispose()
-    say(f"\nfindings (model {results[0].model_version}; DEMO model, not for clinical use):")
+    say("\nfindings:")
     say(f"  {'finding':<44} {'group':<14} {'probability':>11}  at threshold")
     for r in results:
         task = task_by_name(r.task_name)

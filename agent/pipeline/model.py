@@ -24,19 +24,58 @@ class ModelSource:
     is_demo: bool
 
 
-def model_source(settings: ModelSettings) -> ModelSource:
+def model_source(settings: ModelSettings, cache: Path | None = None) -> ModelSource:
+    """The configured checkpoint; else the bundled demo model.
+
+    Where the bundled demo checkpoint is absent (an install without the package
+    data), a small model with random weights is built once into ``cache``, so
+    the pipeline still runs end to end; its card says so.
+    """
     if settings.checkpoint is not None:
         return ModelSource(settings.checkpoint, is_demo=False)
     from hyperct_core.demo import demo_checkpoint_path
+    from hyperct_core.errors import CheckpointError
 
-    return ModelSource(demo_checkpoint_path(), is_demo=True)
+    try:
+        return ModelSource(demo_checkpoint_path(), is_demo=True)
+    except CheckpointError as exc:
+        if cache is None:
+            raise
+        log.warning("bundled demo model missing; using random weights", reason=str(exc))
+        return ModelSource(random_demo_checkpoint(cache / "demo-random"), is_demo=True)
+
+
+def random_demo_checkpoint(path: Path) -> Path:
+    """A small HyperCT with seeded random weights (144 px input), built once."""
+    from hyperct_core.checkpoint import CARD_NAME, make_card, save_checkpoint
+
+    if (path / CARD_NAME).is_file():
+        return path
+    from hyperct_core.backbone import BackboneConfig
+    from hyperct_core.hypernet import HyperNetConfig
+    from hyperct_core.model import HyperCTConfig, build_model
+
+    config = HyperCTConfig(
+        BackboneConfig(embed_dim=64, depth=2, num_heads=2, img_size=144),
+        HyperNetConfig(head_input_size=128),
+        lora_scale=1.0,
+    )
+    model = build_model(config, random_backbone=True, seed=0)
+    card = make_card(
+        model,
+        name="hyperct-demo-random",
+        description="Random weights: exercises the pipeline only; its findings mean nothing.",
+    )
+    save_checkpoint(model, card, path)
+    return path
 
 
 class ModelHolder:
     """Loads the predictor on a background thread; ``get()`` waits for it."""
 
-    def __init__(self, settings: ModelSettings) -> None:
+    def __init__(self, settings: ModelSettings, cache: Path | None = None) -> None:
         self.settings = settings
+        self.cache = cache
         self._ready = threading.Event()
         self._predictor: Any = None
         self.error: str | None = None
@@ -50,7 +89,7 @@ class ModelHolder:
         try:
             from hyperct_core import load_predictor
 
-            self.source = model_source(self.settings)
+            self.source = model_source(self.settings, self.cache)
             if self.source.is_demo:
                 log.warning(
                     "screening with the bundled DEMO model: not for clinical use; "
@@ -66,6 +105,7 @@ class ModelHolder:
                 "model loaded",
                 name=card.name,
                 version=card.version,
+                training=str(card.training_data.get("summary", ""))[:120] or None,
                 demo=self.identity.is_demo,
                 device=str(self._predictor.device),
                 seconds=round(time.monotonic() - started, 1),

@@ -49,7 +49,7 @@ class Pipeline:
         self.settings = settings
         self.sessions = sessions
         self.worker = worker_id()
-        self.model = model or ModelHolder(settings.model)
+        self.model = model or ModelHolder(settings.model, cache=settings.storage.root / "models")
         self.sweeper = Sweeper(settings, sessions)
         self.screener = Screener(settings, sessions, store, self.model, self.worker, write_reports)
         self.deliverer = Deliverer(settings, sessions, store, self.worker)
