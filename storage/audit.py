@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import event as sa_event
+from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
 from storage.models import AuditEvent
@@ -79,35 +80,31 @@ def audit(
     sop_instance_uid: str | None = None,
     detail: dict[str, Any] | None = None,
     occurred_at: datetime | None = None,
-) -> AuditEvent:
-    """Add an audit event to ``session`` (the caller's commit makes it durable)."""
+) -> None:
+    """Insert an audit event in ``session``'s transaction (the caller's commit makes it durable).
+
+    A Core INSERT on the session's connection, not an ORM object: the node
+    writes one per received instance, and the unit of work cost more than
+    the rest of the row's bookkeeping.
+    """
     if detail:
         _refuse_patient_keys(detail)
-    event = AuditEvent(
-        occurred_at=occurred_at or utcnow(),
-        event_type=event_type,
-        outcome=outcome,
-        source_ae=source_ae,
-        study_instance_uid=study_instance_uid,
-        series_instance_uid=series_instance_uid,
-        sop_instance_uid=sop_instance_uid,
-        detail=detail,
+    record = AuditRecord(
+        occurred_at or utcnow(),
+        event_type,
+        outcome,
+        source_ae,
+        study_instance_uid,
+        series_instance_uid,
+        sop_instance_uid,
+        detail,
     )
-    session.add(event)
+    session.connection().execute(_INSERT, record.__dict__)
     if _sink is not None:
-        session.info.setdefault(_PENDING, []).append(
-            AuditRecord(
-                event.occurred_at,
-                event_type,
-                outcome,
-                source_ae,
-                study_instance_uid,
-                series_instance_uid,
-                sop_instance_uid,
-                detail,
-            )
-        )
-    return event
+        session.info.setdefault(_PENDING, []).append(record)
+
+
+_INSERT = insert(AuditEvent.__table__)
 
 
 def _refuse_patient_keys(detail: dict[str, Any]) -> None:

@@ -157,17 +157,20 @@ def record_instance(
     insert = _insert_for(session)
     lock = on_conflict == "replace"
 
-    # Hot path, one statement: a new instance of a series already known.
-    dialect = session.get_bind().dialect.name
+    # Hot path, one statement: a new instance of a series already known. The
+    # cached statements run on the session's connection: the ORM execution
+    # layer adds nothing to Core statements but time.
+    conn = session.connection()
+    dialect = conn.dialect.name
     params = _instance_params(rec)
-    row = session.execute(_insert_instance_stmt(dialect), params).one_or_none()
+    row = conn.execute(_insert_instance_stmt(dialect), params).one_or_none()
     if row is None:
         existing = _existing_instance(session, rec, lock=lock)
         if existing is not None:
             return _known_instance(session, rec, on_conflict, existing)
         # The series is new to the database: create study, series and job first.
         _create_series(session, rec, insert)
-        row = session.execute(_insert_instance_stmt(dialect), params).one_or_none()
+        row = conn.execute(_insert_instance_stmt(dialect), params).one_or_none()
         if row is None:
             # Another session recorded this SOP instance between our look-up and
             # our insert (and has committed: ON CONFLICT waited for it).
@@ -403,7 +406,7 @@ def _update_series(session: Session, params: dict[str, Any], rec: InstanceRecord
     it returns is the series' first one: a different one clears
     ``orientation_consistent`` in a second statement, which is rare.
     """
-    first = session.execute(_update_series_stmt(), params).one()
+    first = session.connection().execute(_update_series_stmt(), params).one()
     if (
         rec.image_orientation is not None
         and first.orientation_consistent
