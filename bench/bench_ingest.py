@@ -121,10 +121,14 @@ def run_agent(work: Path, images: Path, profile: Path | None) -> float:
         ]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     assert proc.stderr is not None
+    # Steady state: the node listens before the model has loaded, and loading it
+    # (seconds of Python on both cores) would share the CPU with the first images.
     port = None
     for line in proc.stderr:
-        if line.startswith("{") and json.loads(line).get("event") == "node listening":
-            port = int(json.loads(line)["port"])
+        event = json.loads(line) if line.startswith("{") else {}
+        if event.get("event") == "node listening":
+            port = int(event["port"])
+        elif event.get("event") == "model loaded":
             break
     if port is None:
         raise RuntimeError("agent exited before listening")
