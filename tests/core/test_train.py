@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -73,7 +74,7 @@ def small_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )  # fmt: skip
 
 
-def _setup(**changes: object) -> tuple:
+def _setup(**changes: Any) -> tuple[Any, Any, TrainConfig]:
     model_config, preprocess, recipe = demo_setup()
     return model_config, preprocess, dataclasses.replace(recipe, batch_size=4, **changes)
 
