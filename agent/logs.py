@@ -156,8 +156,9 @@ def configure_logging(
     # unless the operator asks for debug.
     logging.getLogger("pynetdicom").setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
     # APScheduler logs every run of every interval job at INFO, Alembic its
-    # set-up on every command that opens the database.
-    for chatty in ("apscheduler", "alembic"):
+    # set-up on every command that opens the database, highdicom every module
+    # it copies into a report.
+    for chatty in ("apscheduler", "alembic", "highdicom"):
         logging.getLogger(chatty).setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
     quiet_pynetdicom()
 

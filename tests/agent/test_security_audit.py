@@ -265,3 +265,22 @@ def test_uids_in_log_lines_are_keyed_hashes(tmp_path: Path) -> None:
         assert text.count(UID) == 0 and _log_lines(raw_uids=True).count(UID) == 3
     finally:
         configure_logging("warning", "console", stream=io.StringIO())
+
+
+def test_libraries_routine_info_lines_only_at_debug() -> None:
+    """APScheduler, Alembic and highdicom narrate routine work at INFO; an operator's log
+    at the default level carries the agent's own lines and the libraries' warnings."""
+    try:
+        for level, expected in (("info", False), ("debug", True)):
+            stream = io.StringIO()
+            configure_logging(level, "json", stream=stream)
+            for name in ("apscheduler.scheduler", "alembic.runtime.migration", "highdicom.base"):
+                logging.getLogger(name).info("routine line from %s", name)
+                logging.getLogger(name).warning("warning from %s", name)
+            text = stream.getvalue()
+            assert ("routine line from highdicom.base" in text) is expected
+            assert ("routine line from apscheduler.scheduler" in text) is expected
+            assert ("routine line from alembic.runtime.migration" in text) is expected
+            assert text.count("warning from") == 3
+    finally:
+        configure_logging("warning", "console", stream=io.StringIO())
