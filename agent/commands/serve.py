@@ -12,6 +12,14 @@ from typing import Any
 from agent import __version__
 from agent.errors import AgentError
 
+# Seconds beyond --grace that stopping the node, the pipeline and the database may take.
+_SHUTDOWN_MARGIN = 30.0
+
+
+def _give_up(log: Any) -> None:
+    log.error("shutdown did not finish in time; exiting without it")
+    os._exit(1)
+
 
 def register(sub: Any) -> None:
     p = sub.add_parser("serve", help="run the DICOM node and the screening pipeline")
@@ -89,6 +97,11 @@ def run(args: argparse.Namespace) -> int:
             log.info("web dashboard listening", host=settings.web.host, port=web.port)
         stop.wait()
     finally:
+        # Whatever step below might hang (a peer that never lets go, a lock),
+        # a service manager's SIGTERM must end the process.
+        watchdog = threading.Timer(args.grace + _SHUTDOWN_MARGIN, _give_up, args=(log,))
+        watchdog.daemon = True
+        watchdog.start()
         if web is not None:
             web.stop()
         # Stop receiving first (an instance not yet acknowledged is resent by
