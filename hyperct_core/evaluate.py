@@ -14,7 +14,9 @@ What it reports, per task with both classes in the evaluated split:
   prevalence), expected calibration error and a 10-bin reliability table.
 * An operating threshold per task by a stated rule: ``sensitivity`` (the highest
   threshold whose sensitivity on this split is >= the target; default 0.9) or
-  ``net_benefit`` (the threshold in 5-80 % with the highest net benefit). With
+  ``net_benefit`` (the threshold in 5-80 % where the model's net benefit most exceeds
+  the better of refer-all and refer-none; the net benefit alone always peaks at the
+  lowest threshold for a common finding, since its harm weight pt/(1-pt) grows with pt). With
   ``write_thresholds`` the thresholds go into the checkpoint's card (re-saved, still
   ``validated: false``: choosing thresholds is not a clinical validation).
 
@@ -186,8 +188,10 @@ def choose_threshold(
         k = max(int(math.ceil(target_sensitivity * len(pos))), 1)
         return float(pos[k - 1])
     if rule == "net_benefit":
-        nb = net_benefit(y, prob, DCA_THRESHOLDS)
-        return float(DCA_THRESHOLDS[int(np.argmax(nb))])
+        gain = net_benefit(y, prob, DCA_THRESHOLDS) - np.maximum(
+            refer_all_benefit(y, DCA_THRESHOLDS), 0.0
+        )
+        return float(DCA_THRESHOLDS[int(np.argmax(gain))])
     raise EvaluateError(f"unknown threshold rule {rule!r}; use one of {', '.join(RULES)}")
 
 

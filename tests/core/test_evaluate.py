@@ -78,7 +78,11 @@ def test_threshold_rules() -> None:
     above = p[y][p[y] > t].min()  # the next higher threshold misses the target
     assert ((p >= above) & y).sum() / y.sum() < 0.9
     t_nb = choose_threshold(y, p, "net_benefit")
-    assert net_benefit(y, p, [t_nb])[0] == pytest.approx(net_benefit(y, p, DCA_THRESHOLDS).max())
+    gain = net_benefit(y, p, DCA_THRESHOLDS) - np.maximum(refer_all_benefit(y, DCA_THRESHOLDS), 0)
+    assert t_nb in DCA_THRESHOLDS and gain[list(DCA_THRESHOLDS).index(t_nb)] == gain.max() > 0
+    # Not the lowest threshold, where the net benefit alone peaks (prevalence 0.5).
+    assert t_nb > DCA_THRESHOLDS[0]
+    assert np.argmax(net_benefit(y, p, DCA_THRESHOLDS)) == 0
     with pytest.raises(EvaluateError, match="unknown threshold rule"):
         choose_threshold(y, p, "youden")
 
