@@ -18,6 +18,7 @@ Random initialisation happens only when a caller asks for it explicitly.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -58,6 +59,18 @@ class BackboneConfig:
     @property
     def num_prefix_tokens(self) -> int:
         return 1 + self.num_reg_tokens
+
+    @property
+    def identity(self) -> str:
+        """What a model card calls this backbone: the timm name, qualified when reduced."""
+        if dataclasses.replace(self, img_size=BackboneConfig.img_size) == BackboneConfig(
+            timm_name=self.timm_name
+        ):
+            return self.timm_name
+        return (
+            f"{self.timm_name} structure, reduced: {self.embed_dim} wide, {self.depth} blocks, "
+            f"{self.num_heads} heads, patch {self.patch_size}"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -165,7 +165,7 @@ def make_card(
         tasks=tasks,
         model=model.config.to_dict(),
         preprocessing=dict(preprocessing),
-        backbone={"identity": model.config.backbone.timm_name, "weights": "embedded"},
+        backbone={"identity": model.config.backbone.identity, "weights": "embedded"},
         thresholds=dict(thresholds) if thresholds is not None else dict.fromkeys(tasks, 0.5),
         training_data=dict(training_data)
         if training_data is not None
@@ -223,7 +223,7 @@ def save_checkpoint(
     for prefix, module in (("hypernet.", model.hypernet), ("classifier.", model.classifier)):
         for k, v in module.state_dict().items():
             tensors[prefix + k] = v.detach().cpu().contiguous()
-    backbone: dict[str, Any] = {"identity": model.config.backbone.timm_name}
+    backbone: dict[str, Any] = {"identity": model.config.backbone.identity}
     if backbone_file is None:
         for k, v in model.backbone.state_dict().items():
             tensors["backbone." + k] = v.detach().cpu().contiguous()

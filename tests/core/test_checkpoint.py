@@ -285,6 +285,10 @@ def test_model_info_command(ckpt: Path, tmp_path: Path, capsys):
     )
     text = format_info(info)
     assert "DEMO / NOT VALIDATED" in text and "lung_nodule" in text
+    # A reduced test backbone is not called a ViT-B/16 in its card.
+    assert "backbone: vit_base_patch16_dinov3 structure, reduced:" in text
+    assert BackboneConfig().identity == "vit_base_patch16_dinov3"
+    assert BackboneConfig(img_size=224).identity == "vit_base_patch16_dinov3"
     assert f"{counts['hypernet_heads']:,d}" in text
     assert main(["model", "info", str(ckpt)]) == 0
     assert "hypernetwork: heads" in capsys.readouterr().out
