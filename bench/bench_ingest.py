@@ -5,7 +5,9 @@ Receivers, each fed the same series by ``storescu`` over loopback, round by roun
 - ``agent``: ``hyperct-agent serve`` (durable: fsync, rename, SQLite commit per image);
 - ``storescp``: DCMTK's receiver (the anchor the ratio is taken against);
 - ``pynetdicom``: a bare pynetdicom SCP writing the raw bytes, no fsync, no database;
-- ``orthanc``: Orthanc with its default fsync'd storage (skipped if not installed).
+- ``orthanc``: Orthanc with its default fsync'd storage (skipped if not installed);
+- ``transport ceiling``: the agent's tuned pynetdicom transport with a handler that
+  keeps nothing: the rate the node could reach if storing were free.
 
 The run happens inside a private network namespace when ``unshare`` allows
 (storescp and Orthanc listen on every interface), with TCP_NODELAY=1 for the
@@ -152,10 +154,38 @@ def run_storescp(work: Path, images: Path) -> float:
         proc.wait(10)
 
 
-def run_bare(work: Path, images: Path) -> float:
+# The agent's receive path without its handler: pynetdicom with the agent's transport
+# tuning (agent/node/transport.py) and no PDU limit, answering success without keeping
+# anything. What the node could reach if storing cost nothing.
+CEILING_SCP = f"""
+import sys
+sys.path.insert(0, {str(ROOT)!r})
+from pynetdicom import AE, evt, _config
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from agent.node.transport import install_transport_tuning, on_connection_open, on_dimse_received
+_config.LOG_HANDLER_LEVEL = "none"
+install_transport_tuning()
+ae = AE("BARE")
+ae.maximum_pdu_size = 0
+ae.add_supported_context(
+    "1.2.840.10008.5.1.4.1.1.2", [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+)
+handlers = [
+    (evt.EVT_C_STORE, lambda event: 0),
+    (evt.EVT_CONN_OPEN, on_connection_open),
+    (evt.EVT_DIMSE_RECV, on_dimse_received),
+]
+server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=handlers)
+print(server.server_address[1], flush=True)
+sys.stdin.read()
+server.shutdown()
+"""
+
+
+def run_bare(work: Path, images: Path, script: str = BARE_SCP) -> float:
     work.mkdir(parents=True)
     proc = subprocess.Popen(
-        [sys.executable, "-c", BARE_SCP, str(work)],
+        [sys.executable, "-c", script, str(work)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -229,6 +259,7 @@ def main() -> int:
         "agent": lambda w, i: run_agent(w, i, None),
         "storescp": run_storescp,
         "pynetdicom": run_bare,
+        "transport ceiling": lambda w, i: run_bare(w, i, CEILING_SCP),
     }
     if shutil.which("Orthanc"):
         receivers["orthanc"] = run_orthanc
@@ -240,6 +271,9 @@ def main() -> int:
         rates: dict[str, list[float]] = {name: [] for name in receivers}
         for r in range(args.rounds):
             for name, run in receivers.items():
+                # Receivers that do not fsync leave ~100 MB dirty per round; written back
+                # during the next receiver's run, it would slow that one's fsyncs.
+                os.sync()
                 if name == "agent" and args.profile and r == 0:
                     elapsed = run_agent(tmpdir / f"{name}{r}", images, out / "ingest-profile.txt")
                 else:
