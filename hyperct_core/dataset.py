@@ -430,21 +430,7 @@ class PreprocessCache:
 
 
 def resize_clip(volume: Any, config: Any) -> np.ndarray:
-    """Steps 1-3 of the input pipeline: reorient, resize to the cube, clip HU.
+    """Steps 1-3 of the input pipeline (reorient, resize to the cube, clip HU), cached."""
+    from hyperct_core.preprocess import resized_cube
 
-    Mirrors the first half of :func:`hyperct_core.preprocess.images_from_volume`; a test
-    checks that images from the cube equal images from the volume.
-    """
-    import torch
-    import torch.nn.functional as F
-
-    vol = volume.reoriented(config.orientation)
-    size = config.volume_size
-    x = torch.from_numpy(np.array(vol.array, dtype=np.float32, copy=True))
-    if tuple(x.shape) != (size, size, size):
-        align = config.align_corners if config.interpolation == "trilinear" else None
-        x = F.interpolate(
-            x[None, None], size=(size, size, size), mode=config.interpolation, align_corners=align
-        )[0, 0]
-    x = x.clamp(config.clip_min_hu, config.clip_max_hu)
-    return np.ascontiguousarray(x.numpy(), dtype=np.float32)
+    return np.ascontiguousarray(resized_cube(volume, config).numpy(), dtype=np.float32)

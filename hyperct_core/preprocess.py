@@ -201,15 +201,8 @@ def images_from_volume(
         PreprocessError: No slice contains anything but air, or only one does.
     """
     config = config or PreprocessConfig()
-    vol = volume.reoriented(config.orientation)
     size, crop = config.volume_size, config.crop_size
-    x = _read_only_tensor(np.ascontiguousarray(vol.array))
-    if tuple(x.shape) != (size, size, size):
-        align = config.align_corners if config.interpolation == "trilinear" else None
-        x = F.interpolate(
-            x[None, None], size=(size, size, size), mode=config.interpolation, align_corners=align
-        )[0, 0]
-    x = x.clamp(config.clip_min_hu, config.clip_max_hu)
+    x = resized_cube(volume, config)
 
     margin = size - crop
     flip = False
@@ -243,6 +236,19 @@ def images_from_volume(
     std = torch.tensor(config.std, dtype=x.dtype).view(1, SLICES_PER_IMAGE, 1, 1)
     scaled = (x + config.scale_offset_hu) / config.scale_range_hu
     return ((scaled - mean) / std).contiguous()
+
+
+def resized_cube(volume: HUVolume, config: PreprocessConfig) -> torch.Tensor:
+    """Steps 1-3: reorient, resize to the ``volume_size`` cube, clip HU (a new tensor)."""
+    vol = volume.reoriented(config.orientation)
+    size = config.volume_size
+    x = _read_only_tensor(np.ascontiguousarray(vol.array))
+    if tuple(x.shape) != (size, size, size):
+        align = config.align_corners if config.interpolation == "trilinear" else None
+        x = F.interpolate(
+            x[None, None], size=(size, size, size), mode=config.interpolation, align_corners=align
+        )[0, 0]
+    return x.clamp(config.clip_min_hu, config.clip_max_hu)
 
 
 def _read_only_tensor(array: np.ndarray) -> torch.Tensor:
