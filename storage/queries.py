@@ -21,6 +21,12 @@ def status_counts(session: Session) -> dict[str, Any]:
         "series": session.scalar(select(func.count()).select_from(Series)) or 0,
         "instances": session.scalar(select(func.count()).select_from(Instance)) or 0,
     }
+    counts["jobs"], counts["reports"] = counts_by_state(session)
+    return counts
+
+
+def counts_by_state(session: Session) -> tuple[dict[str, int], dict[str, int]]:
+    """Jobs and reports per state, every state present (0 if none)."""
     jobs = {s.value: 0 for s in JobState}
     for job_state, n in session.execute(select(Job.state, func.count()).group_by(Job.state)):
         jobs[JobState(job_state).value] = n
@@ -29,6 +35,4 @@ def status_counts(session: Session) -> dict[str, Any]:
         select(Report.state, func.count()).group_by(Report.state)
     ):
         reports[ReportState(report_state).value] = n
-    counts["jobs"] = jobs
-    counts["reports"] = reports
-    return counts
+    return jobs, reports

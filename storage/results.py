@@ -34,6 +34,7 @@ from storage.models import (
     Series,
     Study,
 )
+from storage.queries import counts_by_state
 from storage.types import utcnow
 
 # -- results list --------------------------------------------------------------
@@ -690,14 +691,7 @@ def metric_counts(session: Session) -> MetricCounts:
         select(Job.reason, func.count()).where(Job.state == JobState.SKIPPED).group_by(Job.reason)
     ):
         skipped[skip_reason(reason)] += n
-    jobs = {s.value: 0 for s in JobState}
-    for job_state, n in session.execute(select(Job.state, func.count()).group_by(Job.state)):
-        jobs[JobState(job_state).value] = n
-    reports = {s.value: 0 for s in ReportState}
-    for report_state, n in session.execute(
-        select(Report.state, func.count()).group_by(Report.state)
-    ):
-        reports[ReportState(report_state).value] = n
+    jobs, reports = counts_by_state(session)
     # Every claim counts an attempt; an attempt that did not fail either
     # delivered (sent) or is in flight (sending). Releases at shutdown do not count.
     attempts = session.scalar(select(func.coalesce(func.sum(Report.attempts), 0))) or 0
