@@ -18,9 +18,8 @@ Random initialisation happens only when a caller asks for it explicitly.
 
 from __future__ import annotations
 
-import dataclasses
 import re
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +62,7 @@ class BackboneConfig:
     @property
     def identity(self) -> str:
         """What a model card calls this backbone: the timm name, qualified when reduced."""
-        if dataclasses.replace(self, img_size=BackboneConfig.img_size) == BackboneConfig(
+        if replace(self, img_size=BackboneConfig.img_size) == BackboneConfig(
             timm_name=self.timm_name
         ):
             return self.timm_name

@@ -27,6 +27,7 @@ from typing import Any, Literal
 
 from sqlalchemy import JSON, Float, Table, bindparam, case, cast, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from storage.audit import audit
@@ -179,7 +180,7 @@ def record_instance(
                 raise StorageError(f"instance {rec.sop_instance_uid} vanished while recording it")
             return _known_instance(session, rec, on_conflict, existing)
 
-    _update_series(session, {**params, "series_id": row.series_id}, rec)
+    _update_series(conn, {**params, "series_id": row.series_id}, rec)
     return IngestResult(IngestOutcome.STORED, row.id, row.series_id, rec.rel_path)
 
 
@@ -397,7 +398,7 @@ def _create_series(session: Session, rec: InstanceRecord, insert: Any) -> None:
     )
 
 
-def _update_series(session: Session, params: dict[str, Any], rec: InstanceRecord) -> None:
+def _update_series(conn: Connection, params: dict[str, Any], rec: InstanceRecord) -> None:
     """Count the new instance and fold its geometry into the series row.
 
     One UPDATE does the counting and keeps the first orientation, spacing and
@@ -406,14 +407,14 @@ def _update_series(session: Session, params: dict[str, Any], rec: InstanceRecord
     it returns is the series' first one: a different one clears
     ``orientation_consistent`` in a second statement, which is rare.
     """
-    first = session.connection().execute(_update_series_stmt(), params).one()
+    first = conn.execute(_update_series_stmt(), params).one()
     if (
         rec.image_orientation is not None
         and first.orientation_consistent
         and first.image_orientation is not None
         and not same_orientation(first.image_orientation, rec.image_orientation)
     ):
-        session.execute(
+        conn.execute(
             update(_series)
             .where(_series.c.id == params["series_id"])
             .values(orientation_consistent=False)
