@@ -103,6 +103,8 @@ class StorageSettings(_Section):
     root: PathValue = Path("var/storage")
     # Below this many free bytes the node answers 0xA700 (out of resources).
     min_free_bytes: Annotated[int, Field(ge=0)] = 1 << 30
+    # Write instance files with O_DIRECT where the file system allows (probed at start).
+    direct_io: bool = True
 
 
 class DatabaseSettings(_Section):

@@ -26,7 +26,7 @@ class Runtime:
 
     def instance_store(self) -> InstanceStore:
         storage = self.settings.storage
-        return InstanceStore(storage.root, storage.min_free_bytes)
+        return InstanceStore(storage.root, storage.min_free_bytes, storage.direct_io)
 
     def close(self) -> None:
         self.engine.dispose()

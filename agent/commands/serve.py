@@ -62,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
         raise AgentError(f"storage root {settings.storage.root}: {exc.strerror or exc}") from None
     if swept:
         log.warning("removed unfinished temporary files from a previous run", count=swept)
+    log.info("storage ready", direct_io=store.direct_io)
 
     handlers = NodeHandlers(store, runtime.sessions, settings.node.on_conflict)
     check_destinations(settings.destinations)
