@@ -6,13 +6,13 @@ judge series completeness are read; patient attributes are left alone.
 
 from __future__ import annotations
 
+import math
 import re
 import struct
 import zlib
 from dataclasses import dataclass
 from io import BytesIO
 
-import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
 from pydicom.tag import BaseTag, Tag
@@ -65,9 +65,10 @@ class InstanceHeader:
         """Position along the slice normal (row x column direction cosines)."""
         if self.image_position is None or self.image_orientation is None:
             return None
-        o = np.asarray(self.image_orientation, dtype=float)
-        normal = np.cross(o[:3], o[3:])
-        return float(np.dot(normal, np.asarray(self.image_position, dtype=float)))
+        # Plain arithmetic: numpy's cross product costs ~50 us a call, once per instance.
+        r1, r2, r3, c1, c2, c3 = self.image_orientation
+        x, y, z = self.image_position
+        return (r2 * c3 - r3 * c2) * x + (r3 * c1 - r1 * c3) * y + (r1 * c2 - r2 * c1) * z
 
 
 def _text(ds: Dataset, keyword: str) -> str | None:
@@ -108,7 +109,7 @@ def _floats(ds: Dataset | None, keyword: str, n: int) -> tuple[float, ...] | Non
         floats = tuple(float(v) for v in value)  # type: ignore[union-attr]
     except (TypeError, ValueError):
         return None
-    return floats if len(floats) == n and all(np.isfinite(floats)) else None
+    return floats if len(floats) == n and all(map(math.isfinite, floats)) else None
 
 
 def _first_item(ds: Dataset, *path: str) -> Dataset | None:
