@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import os
 import statistics
 import subprocess
@@ -82,6 +81,10 @@ def transport_segments() -> dict[str, list[float]]:
     return seg
 
 
+def _p95(values: list[float]) -> float:
+    return sorted(values)[int(0.95 * (len(values) - 1))]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=200)
@@ -140,14 +143,15 @@ def main() -> int:
         elapsed = time.perf_counter() - started
         node.stop()
         store.close()
-    report = {
-        "images_per_s (instrumented)": round(args.images / elapsed, 1),
-        "per image, median ms": {
-            **{k: round(statistics.median(v) * 1e3, 3) for k, v in transport_segments().items()},
-            **{f"  {k}": round(statistics.median(v) * 1e3, 3) for k, v in STAGES.items()},
-        },
+    segments = {
+        **transport_segments(),
+        **{f"  {k}": v for k, v in STAGES.items()},
     }
-    print(json.dumps(report, indent=2))
+    print(f"images/s (instrumented): {args.images / elapsed:.1f}")
+    print(f"{'per image, ms':45s} {'median':>8s} {'mean':>8s} {'p95':>8s}")
+    for name, values in segments.items():
+        row = (statistics.median(values), statistics.fmean(values), _p95(values))
+        print(f"{name:45s} " + " ".join(f"{1e3 * x:8.3f}" for x in row))
     return 0
 
 
