@@ -7,7 +7,10 @@ Receivers, each fed the same series by ``storescu`` over loopback, round by roun
 - ``pynetdicom``: a bare pynetdicom SCP writing the raw bytes, no fsync, no database;
 - ``orthanc``: Orthanc with its default fsync'd storage (skipped if not installed);
 - ``transport ceiling``: the agent's tuned pynetdicom transport with a handler that
-  keeps nothing: the rate the node could reach if storing were free.
+  keeps nothing: the rate the node could reach if storing were free;
+- ``durable floor``: the same transport with only what the durability rule demands
+  (header read, the agent's durable file write, one plain sqlite3 row and commit):
+  the rate no design on this stack can beat here.
 
 The run happens inside a private network namespace when ``unshare`` allows
 (storescp and Orthanc listen on every interface), with TCP_NODELAY=1 for the
@@ -182,6 +185,67 @@ server.shutdown()
 """
 
 
+# The least any receiver meeting the issue's durability rule must do per image, on the
+# agent's own transport and file store: read the header (pydicom, the fields the node
+# records), write the bytes durably (temp file, fsync, rename, directory fsync, as the
+# agent does) and commit one row per instance with the plain sqlite3 module (WAL,
+# synchronous=FULL). No ORM, no series bookkeeping, no audit row: the agent minus
+# everything it adds. Its ratio bounds what any design on this stack reaches here.
+FLOOR_SCP = f"""
+import sqlite3, sys
+from pathlib import Path
+sys.path.insert(0, {str(ROOT)!r})
+from pynetdicom import AE, evt, _config
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from agent.node.header import part10_prefix, read_header
+from agent.node.transport import install_transport_tuning, on_connection_open, on_dimse_received
+from storage.files import InstanceStore, derived_rel_path
+_config.LOG_HANDLER_LEVEL = "none"
+install_transport_tuning()
+work = Path(sys.argv[1])
+store = InstanceStore(work / "storage")
+store.prepare()
+db = sqlite3.connect(work / "floor.db", isolation_level=None, check_same_thread=False)
+db.execute("PRAGMA journal_mode=WAL")
+db.execute("PRAGMA synchronous=FULL")
+db.execute("CREATE TABLE instances (sop TEXT UNIQUE, series TEXT, path TEXT, sha256 TEXT)")
+def on_store(event):
+    request = event.request
+    data = request.DataSet.getvalue()
+    syntax = event.context.transfer_syntax
+    prefix = part10_prefix(request.AffectedSOPClassUID, request.AffectedSOPInstanceUID, syntax)
+    staged = store.stage([prefix, data], data)
+    header = read_header(data, syntax)
+    rel = derived_rel_path(
+        header.study_instance_uid, header.series_instance_uid, header.sop_instance_uid,
+        staged.sha256,
+    )
+    store.publish(staged, rel)
+    db.execute("BEGIN IMMEDIATE")
+    db.execute(
+        "INSERT INTO instances VALUES (?, ?, ?, ?)",
+        (header.sop_instance_uid, header.series_instance_uid, rel, staged.sha256),
+    )
+    db.execute("COMMIT")
+    return 0
+ae = AE("BARE")
+ae.maximum_pdu_size = 0
+ae.add_supported_context(
+    "1.2.840.10008.5.1.4.1.1.2", [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+)
+handlers = [
+    (evt.EVT_C_STORE, on_store),
+    (evt.EVT_CONN_OPEN, on_connection_open),
+    (evt.EVT_DIMSE_RECV, on_dimse_received),
+]
+server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=handlers)
+print(server.server_address[1], flush=True)
+sys.stdin.read()
+server.shutdown()
+store.close()
+"""
+
+
 def run_bare(work: Path, images: Path, script: str = BARE_SCP) -> float:
     work.mkdir(parents=True)
     proc = subprocess.Popen(
@@ -260,6 +324,7 @@ def main() -> int:
         "storescp": run_storescp,
         "pynetdicom": run_bare,
         "transport ceiling": lambda w, i: run_bare(w, i, CEILING_SCP),
+        "durable floor": lambda w, i: run_bare(w, i, FLOOR_SCP),
     }
     if shutil.which("Orthanc"):
         receivers["orthanc"] = run_orthanc
