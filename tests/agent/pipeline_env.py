@@ -106,8 +106,13 @@ class Serve:
         return out
 
     def stop(self, timeout: float = 60) -> int:
+        """SIGTERM, then the exit status; a failed exit prints the log's tail (pytest shows it)."""
         self.proc.terminate()
-        return int(self.proc.wait(timeout))
+        code = int(self.proc.wait(timeout))
+        if code != 0:
+            time.sleep(0.2)  # let the drain thread take the last lines
+            print(f"serve exited {code}; last lines:\n" + "".join(self.lines[-30:]))
+        return code
 
 
 def wait_for(
