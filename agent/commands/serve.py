@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -114,9 +116,19 @@ def run(args: argparse.Namespace) -> int:
             audit(session, "application", "stopped")
         runtime.close()
         log.info("stopped", in_flight_abandoned=not idle)
-        if not idle:
-            # A batch still in inference cannot be interrupted; its jobs are
-            # back in the queue and its late result would be refused, so leave
-            # without waiting for it.
-            os._exit(0)
+    # Everything durable is committed and closed by now. Leave without the
+    # interpreter's finalization: library daemon threads (pynetdicom
+    # associations, the scheduler, a batch still in inference whose jobs are
+    # back in the queue) may still be inside C code or logging, and finalizing
+    # around them can hang or abort the process (one SIGABRT at stop was seen
+    # under the full test suite). An exception above still propagates.
+    _leave(0)
     return 0
+
+
+def _leave(code: int) -> None:
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
