@@ -157,24 +157,16 @@ def run_storescp(work: Path, images: Path) -> float:
         proc.wait(10)
 
 
-# The agent's receive path without its handler: pynetdicom with the agent's transport
-# tuning (agent/node/transport.py) and no PDU limit, answering success without keeping
-# anything. What the node could reach if storing cost nothing.
-CEILING_SCP = f"""
-import sys
-sys.path.insert(0, {str(ROOT)!r})
-from pynetdicom import AE, evt, _config
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from agent.node.transport import install_transport_tuning, on_connection_open, on_dimse_received
-_config.LOG_HANDLER_LEVEL = "none"
-install_transport_tuning()
+# The listening end shared by the tuned receivers below: the script before it defines
+# ``on_store``; no PDU limit, the agent's wake-up hooks.
+_TUNED_SERVER = """
 ae = AE("BARE")
 ae.maximum_pdu_size = 0
 ae.add_supported_context(
     "1.2.840.10008.5.1.4.1.1.2", [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
 )
 handlers = [
-    (evt.EVT_C_STORE, lambda event: 0),
+    (evt.EVT_C_STORE, on_store),
     (evt.EVT_CONN_OPEN, on_connection_open),
     (evt.EVT_DIMSE_RECV, on_dimse_received),
 ]
@@ -184,6 +176,24 @@ sys.stdin.read()
 server.shutdown()
 """
 
+# The agent's receive path without its handler: pynetdicom with the agent's transport
+# tuning (agent/node/transport.py) and no PDU limit, answering success without keeping
+# anything. What the node could reach if storing cost nothing.
+CEILING_SCP = (
+    f"""
+import sys
+sys.path.insert(0, {str(ROOT)!r})
+from pynetdicom import AE, evt, _config
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from agent.node.transport import install_transport_tuning, on_connection_open, on_dimse_received
+_config.LOG_HANDLER_LEVEL = "none"
+install_transport_tuning()
+def on_store(event):
+    return 0
+"""
+    + _TUNED_SERVER
+)
+
 
 # The least any receiver meeting the issue's durability rule must do per image, on the
 # agent's own transport and file store: read the header (pydicom, the fields the node
@@ -191,7 +201,8 @@ server.shutdown()
 # agent does) and commit one row per instance with the plain sqlite3 module (WAL,
 # synchronous=FULL). No ORM, no series bookkeeping, no audit row: the agent minus
 # everything it adds. Its ratio bounds what any design on this stack reaches here.
-FLOOR_SCP = f"""
+FLOOR_SCP = (
+    f"""
 import sqlite3, sys
 from pathlib import Path
 sys.path.insert(0, {str(ROOT)!r})
@@ -228,22 +239,12 @@ def on_store(event):
     )
     db.execute("COMMIT")
     return 0
-ae = AE("BARE")
-ae.maximum_pdu_size = 0
-ae.add_supported_context(
-    "1.2.840.10008.5.1.4.1.1.2", [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
-)
-handlers = [
-    (evt.EVT_C_STORE, on_store),
-    (evt.EVT_CONN_OPEN, on_connection_open),
-    (evt.EVT_DIMSE_RECV, on_dimse_received),
-]
-server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=handlers)
-print(server.server_address[1], flush=True)
-sys.stdin.read()
-server.shutdown()
+"""
+    + _TUNED_SERVER
+    + """
 store.close()
 """
+)
 
 
 def run_bare(work: Path, images: Path, script: str = BARE_SCP) -> float:
