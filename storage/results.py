@@ -301,6 +301,7 @@ class SeriesTrail:
     referral_tasks: list[str]
     results: list[TaskResult]
     reports: list[ReportRow]
+    image_check: str | None = None  # the blood-pool check before screening
 
 
 @dataclass
@@ -443,6 +444,7 @@ def study_trail(session: Session, study_instance_uid: str) -> StudyTrail | None:
                 referral_tasks=list(job.referral_tasks or []) if job else [],
                 results=results,
                 reports=reports,
+                image_check=job.image_check if job else None,
             )
         )
     # Audit rows name a study, one of its series or one of its reports; they are
