@@ -652,7 +652,8 @@ def skip_reason(reason: str | None) -> str:
     """A bounded label for a free-text skip reason (Prometheus labels must not explode).
 
     ``not eligible; chest: ...`` -> ``chest`` (the first failed check),
-    ``not chosen: ...`` -> ``not_chosen``, anything else -> ``other``.
+    ``not chosen: ...`` -> ``not_chosen``, ``contrast by image: ...`` ->
+    ``contrast_by_image``, anything else -> ``other``.
     """
     if not reason:
         return "other"
@@ -660,6 +661,8 @@ def skip_reason(reason: str | None) -> str:
         return m.group(1)
     if reason.startswith("not chosen"):
         return "not_chosen"
+    if reason.startswith("contrast by image"):
+        return "contrast_by_image"
     return "other"
 
 
