@@ -10,27 +10,32 @@ Method (on the volume reoriented to LPS, subsampled to pixels of about 1.5 mm an
 at most 120 slices, one axial slice at a time):
 
 1. **Lungs.** Voxels below -400 HU that do not touch the edge of the slice
-   (air outside the body does). A slice counts when its lungs cover at least
-   ``MIN_LUNG_FRACTION`` of the largest lung area of the series, and lung is
-   seen on both sides of the body's midline.
-2. **Mid-thoracic slices.** The middle half of the z-range of those slices:
-   the heart, the aortic root and arch, the descending aorta and the
-   pulmonary trunk lie there; the lung apices and the liver dome do not.
-3. **Mediastinum.** In each row, the voxels between the right lung's medial
+   (air outside the body does), with lung on both sides of the midline. A slice
+   counts when its lungs cover at least ``MIN_LUNG_FRACTION`` of the largest
+   lung area of the series: the thorax between the apices and the domes.
+2. **Mediastinum.** In each row, the voxels between the right lung's medial
    edge and the left lung's medial edge that are not lung: the space between
    the lungs, without the chest wall.
-4. **Candidate voxels.** After a 3 x 3 median filter (quantum noise), voxels
+3. **Candidate voxels.** After a 3 x 3 median filter (quantum noise), voxels
    from -20 to 600 HU: blood, myocardium, enhanced blood. Fat (below -20) and
-   cortical bone and dense calcification (above 600) are left out. The mask
-   is eroded by ``ERODE_MM`` so that partial-volume rims against fat and thin
-   bridges between structures drop out.
-5. **Blood pool.** The largest 3-D connected component of the candidates:
-   the heart and great vessels, far larger than a vertebral body, lymph node
-   or the oesophagus. Below ``MIN_REGION_ML`` nothing counts as found.
+   cortical bone and dense calcification (above 600) are left out, and so is
+   whatever dense cortex (above 500 HU) encloses: the cancellous bone of a
+   vertebral body measures like enhanced blood, its cortical ring does not.
+   The mask is eroded by ``ERODE_MM`` so that partial-volume rims against fat
+   and thin bridges between structures drop out.
+4. **The heart's levels.** The slices whose candidate area is at least
+   ``HEART_FRACTION`` of the largest: the heart is by far the largest soft
+   tissue structure of the chest, so the spine, the oesophagus and lymph nodes
+   never dominate there.
+5. **Blood pool.** The largest 3-D connected component of the candidates on
+   those slices: the heart with the aorta and pulmonary trunk beside it. Below
+   ``MIN_REGION_ML`` nothing counts as found.
 6. **Value.** The brightest half of that component is the blood pool (in an
    enhanced heart the chambers outshine the myocardium; unenhanced they are
    alike), and its median is reported: the 75th percentile of the component.
-   Small calcifications, bone spicules and noise move neither quantile.
+   Small calcifications, bone spicules and noise move neither quantile much;
+   noise lifts an unenhanced value a little (about +30 HU at 100 HU of noise
+   per voxel), far from the 120 HU that separates the two.
 
 When no slice shows two lungs with a mediastinum between them (a small field
 of view, a reconstruction of one lung, a series outside the chest), the
@@ -51,12 +56,15 @@ LUNG_HU = -400.0
 CANDIDATE_MIN_HU = -20.0
 CANDIDATE_MAX_HU = 600.0
 MIN_LUNG_FRACTION = 0.5
+HEART_FRACTION = 0.6
+BONE_HU = 500.0
 ERODE_MM = 3.0
 MIN_REGION_ML = 15.0
 MIN_LUNG_AREA_MM2 = 1500.0  # each lung, in a counted slice
 BLOOD_POOL_QUANTILE = 75.0
 MAX_SLICES = 24  # mid-thoracic slices examined, evenly spread
 MAX_LUNG_SLICES = 120  # slices searched for lungs, evenly spread
+MAX_THORAX_SLICES = 48  # of those, slices searched for the heart, evenly spread
 WORK_MM = 1.5  # in-plane pixels are subsampled to about this size
 
 
@@ -103,34 +111,38 @@ def measure_blood_pool(volume: HUVolume) -> BloodPool:
         areas[k] = 0.0 if mask is None else float(mask.sum()) * pixel_mm2
     if areas.max() <= 0:
         return BloodPool(None, reason="no slice shows two lungs (field of view too small?)")
-    counted = np.flatnonzero(areas >= MIN_LUNG_FRACTION * areas.max())
-    lo, hi = counted.min(), counted.max()
-    quarter = (hi - lo) / 4.0
-    middle = [
-        int(k) for k in counted if lo + quarter <= k <= hi - quarter and lungs[k] is not None
-    ] or [int(k) for k in counted]
+    counted = [int(k) for k in np.flatnonzero(areas >= MIN_LUNG_FRACTION * areas.max())]
+    if len(counted) > MAX_THORAX_SLICES:
+        counted = [
+            counted[i] for i in np.linspace(0, len(counted) - 1, MAX_THORAX_SLICES).astype(int)
+        ]
+    erode = (max(1, round(ERODE_MM / dy)), max(1, round(ERODE_MM / dx)))
+    structure = np.ones((2 * erode[0] + 1, 2 * erode[1] + 1), dtype=bool)
+    smooth: dict[int, np.ndarray] = {}
+    masks: dict[int, np.ndarray] = {}
+    for k in counted:
+        mask = lungs[k]
+        assert mask is not None
+        smooth[k] = ndimage.median_filter(hu[k], size=3)
+        masks[k] = ndimage.binary_erosion(
+            _candidates(smooth[k], mask, pixel_mm2), structure=structure
+        )
+    # The heart's levels: where the soft tissue between the lungs is largest.
+    tissue = np.array([float(masks[k].sum()) for k in counted])
+    if tissue.max() <= 0:
+        return BloodPool(None, slices=len(counted), reason="no soft tissue between the lungs")
+    middle = [k for k, a in zip(counted, tissue, strict=True) if a >= HEART_FRACTION * tissue.max()]
     if len(middle) > MAX_SLICES:
         # Evenly spread; the kept slices are farther apart, still stacked in order.
         middle = [middle[i] for i in np.linspace(0, len(middle) - 1, MAX_SLICES).astype(int)]
-    erode = (max(1, round(ERODE_MM / dy)), max(1, round(ERODE_MM / dx)))
-    structure = np.ones((2 * erode[0] + 1, 2 * erode[1] + 1), dtype=bool)
-    stack_hu = np.empty((len(middle), *hu.shape[1:]), dtype=np.float32)
-    stack = np.zeros(stack_hu.shape, dtype=bool)
-    for i, k in enumerate(middle):
-        mask = lungs[k]
-        assert mask is not None
-        smooth = ndimage.median_filter(hu[k], size=3)
-        stack_hu[i] = smooth
-        candidates = (
-            _between_lungs(mask) & (smooth >= CANDIDATE_MIN_HU) & (smooth <= CANDIDATE_MAX_HU)
-        )
-        stack[i] = ndimage.binary_erosion(candidates, structure=structure)
+    stack_hu = np.stack([smooth[k] for k in middle])
+    stack = np.stack([masks[k] for k in middle])
     labels, count = ndimage.label(stack)
     if count == 0:
         return BloodPool(None, slices=len(middle), reason="no soft tissue between the lungs")
     sizes = np.bincount(labels.ravel())[1:]
     biggest = int(np.argmax(sizes)) + 1
-    # Spread over the examined slices as over the mid-thoracic range they stand for.
+    # Spread over the examined slices as over the range they stand for.
     span = (middle[-1] - middle[0] + 1) * dz if len(middle) > 1 else dz
     slab_mm = span / len(middle)
     volume_ml = float(sizes[biggest - 1] * pixel_mm2 * slab_mm / 1000.0)
@@ -167,6 +179,19 @@ def _lungs(slice_hu: np.ndarray, pixel_mm2: float) -> np.ndarray | None:
     if min(right, left) < MIN_LUNG_AREA_MM2:
         return None
     return mask
+
+
+def _candidates(smooth: np.ndarray, lungs: np.ndarray, pixel_mm2: float) -> np.ndarray:
+    """Blood and soft tissue between the lungs, bone left out.
+
+    Bone is what dense cortex (above ``BONE_HU``) encloses: the cancellous bone of
+    a vertebral body measures like enhanced blood, its cortical ring does not.
+    """
+    bone = ndimage.binary_fill_holes(smooth > BONE_HU)
+    bone = ndimage.binary_dilation(bone, iterations=1)
+    return (
+        _between_lungs(lungs) & (smooth >= CANDIDATE_MIN_HU) & (smooth <= CANDIDATE_MAX_HU) & ~bone
+    )
 
 
 def _between_lungs(lungs: np.ndarray) -> np.ndarray:

@@ -35,6 +35,18 @@ def test_recovers_the_blood_pool_hu_under_noise(blood: float | None, expected: f
     assert pool.volume_ml > 50 and pool.slices > 5
 
 
+@pytest.mark.parametrize("noise", [60.0, 100.0])
+def test_low_dose_noise_does_not_make_plain_blood_look_enhanced(noise: float) -> None:
+    """Per-voxel noise as in thin low-dose slices: the spine must not pass for blood."""
+    for seed in (0, 5):
+        spec = phantoms.PhantomSpec(seed=seed, aortic_calcifications=4)
+        plain = measure_blood_pool(volume_from_array(volume(spec, noise, seed=1), SPACING))
+        assert plain.hu is not None and plain.hu < 90
+        enhanced = phantoms.PhantomSpec(seed=seed, aortic_calcifications=4, blood_pool_hu=250.0)
+        hu = measure_blood_pool(volume_from_array(volume(enhanced, noise, seed=1), SPACING)).hu
+        assert hu == pytest.approx(250.0, abs=15.0)
+
+
 def test_unenhanced_and_enhanced_fall_either_side_of_the_default_threshold() -> None:
     plain = measure_blood_pool(volume_from_array(volume(phantoms.PhantomSpec()), SPACING))
     enhanced = measure_blood_pool(
