@@ -12,6 +12,8 @@ chest-wall muscle (50), ribs and sternum (cortical bone 700), vertebral bodies
 mediastinal fat (-90), heart (blood and myocardium 40) inside an epicardial fat layer,
 aorta (ascending, arch, descending), pulmonary trunk, superior vena cava, liver (60)
 under the right hemidiaphragm. Quantum noise is white Gaussian (default 15-25 HU).
+``PhantomSpec.blood_pool_hu`` draws the same chest during an intravenous contrast
+bolus instead: cardiac chambers and great vessels at that HU, myocardium 110 HU.
 
 Findings (:class:`PhantomSpec`; :func:`labels` maps them to HyperCT task names):
 
@@ -83,6 +85,8 @@ SOLID = 30.0
 BONE_CORTEX = 700.0
 BONE_CANCELLOUS = 280.0
 LIVER = 60.0
+ENHANCED_MYOCARDIUM = 110.0  # myocardium during an intravenous contrast bolus
+CHAMBER_WALL_MM = 9.0  # myocardium between the pericardial fat and the blood pool
 METAL = 3000.0
 
 Side = Literal["left", "right", "both"]
@@ -122,6 +126,10 @@ class PhantomSpec:
         nodule_mm: Their diameter.
         consolidations: Number of consolidated regions.
         medical_material: A pacemaker generator with a lead into the heart.
+        blood_pool_hu: Intravenous contrast: the HU of blood in the cardiac chambers,
+            aorta, pulmonary trunk and superior vena cava (e.g. 250), with the
+            myocardium enhanced to ``ENHANCED_MYOCARDIUM``; ``None`` draws an unenhanced
+            chest (blood and myocardium ``BLOOD``, 40 HU). Not a finding: no label.
         seed: Seed of the anatomy (body size, positions of lesions); the noise too when
             :func:`make_volume` gets no generator.
     """
@@ -137,6 +145,7 @@ class PhantomSpec:
     nodule_mm: float = 14.0
     consolidations: int = 0
     medical_material: bool = False
+    blood_pool_hu: float | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -152,6 +161,8 @@ class PhantomSpec:
                 raise ValueError(f"{name} must be >= 0")
         if self.consolidations < 0:
             raise ValueError("consolidations must be >= 0")
+        if self.blood_pool_hu is not None and not -100 <= self.blood_pool_hu <= 1500:
+            raise ValueError(f"blood_pool_hu must be in [-100, 1500], got {self.blood_pool_hu}")
         if self.pleural_side not in ("left", "right", "both"):
             raise ValueError(f"pleural_side must be left, right or both, not {self.pleural_side!r}")
 
@@ -500,7 +511,12 @@ def _draw_mediastinum(
     if rim > 0:
         _ellipsoid(canvas, centre, [r + epicardial + rim for r in radii], FLUID, tissue=_HEART)
         _ellipsoid(canvas, centre, [r + epicardial for r in radii], FAT, tissue=_HEART)
-    _ellipsoid(canvas, centre, radii, BLOOD, tissue=_HEART)
+    enhanced = spec.blood_pool_hu is not None
+    blood = float(spec.blood_pool_hu) if spec.blood_pool_hu is not None else BLOOD
+    _ellipsoid(canvas, centre, radii, ENHANCED_MYOCARDIUM if enhanced else BLOOD, tissue=_HEART)
+    if enhanced:  # unenhanced, chambers and myocardium are alike: nothing to draw
+        chambers = [r - CHAMBER_WALL_MM for r in radii]
+        _ellipsoid(canvas, centre, chambers, blood, tissue=_HEART)
 
     top = centre[2] + radii[2] * 0.6
     arch_z = anat.lung_top + anat.z_shift - 45.0
@@ -514,7 +530,7 @@ def _draw_mediastinum(
     desc_top = arch[-1]
     desc = np.array([desc_top, [desc_top[0], desc_top[1], canvas.z[0] - 10]])
     aorta = np.concatenate([asc, arch, desc])
-    _tube(canvas, aorta, aorta_r, BLOOD, tissue=_VESSEL)
+    _tube(canvas, aorta, aorta_r, blood, tissue=_VESSEL)
     # Pulmonary trunk (anterior-left) and superior vena cava (right).
     _tube(
         canvas,
@@ -522,14 +538,14 @@ def _draw_mediastinum(
             [[centre[0] + 10, centre[1] - 10, top], [centre[0] + 18, centre[1] + 5, arch_z - 25]]
         ),
         12.0,
-        BLOOD,
+        blood,
         tissue=_VESSEL,
     )
     _tube(
         canvas,
         np.array([[-22.0, centre[1] + 14, top], [-22.0, centre[1] + 14, canvas.z[-1] + 10]]),
         9.0,
-        BLOOD,
+        blood,
         tissue=_VESSEL,
     )
 
@@ -692,6 +708,9 @@ def write_dicom_series(
     study_date: _dt.date | None = None,
     series_number: int = 1,
     manufacturer: str = "HyperCT phantom",
+    study_description: str = "CT CHEST",
+    protocol_name: str | None = None,
+    contrast_agent: str | None = None,
 ) -> list[Path]:
     """Write a HU volume (or a spec, rendered first) as a CT Image Storage series.
 
@@ -699,7 +718,8 @@ def write_dicom_series(
     values with RescaleIntercept -1024 (PS3.3 C.8.2.1 CT Image Module), axial
     ImageOrientationPatient [1, 0, 0, 0, 1, 0] and ImagePositionPatient per slice
     (PS3.3 C.7.6.2 Image Plane Module), PatientPosition HFS (required for CT, PS3.3
-    C.7.3.1), no Contrast/Bolus Module (non-contrast). Files are named ``CT000001.dcm``...
+    C.7.3.1), a Contrast/Bolus Module (C.7.6.4) only when ``contrast_agent`` is given.
+    Files are named ``CT000001.dcm``...
 
     Args:
         volume_or_spec: HU array ``(slices, rows, columns)`` in LPS order, or a spec.
@@ -757,7 +777,7 @@ def write_dicom_series(
         ds.ReferringPhysicianName = ""
         ds.StudyID = "1"
         ds.AccessionNumber = accession_number
-        ds.StudyDescription = "CT CHEST"
+        ds.StudyDescription = study_description
         # General Series (C.7.3.1), Frame of Reference (C.7.4.1), Equipment (C.7.5.1)
         ds.Modality = "CT"
         ds.SeriesInstanceUID = series_uid
@@ -770,6 +790,10 @@ def write_dicom_series(
         ds.FrameOfReferenceUID = frame_uid
         ds.PositionReferenceIndicator = ""
         ds.Manufacturer = manufacturer
+        if protocol_name is not None:
+            ds.ProtocolName = protocol_name
+        if contrast_agent is not None:  # Contrast/Bolus Module (C.7.6.4)
+            ds.ContrastBolusAgent = contrast_agent
         # General Image (C.7.6.1), Image Plane (C.7.6.2)
         ds.InstanceNumber = k + 1
         ds.AcquisitionNumber = 1

@@ -94,6 +94,7 @@ class InstanceRecord:
     protocol_name: str | None = None
     contrast_agent: str | None = None
     number_of_frames: int | None = None
+    requested_procedure: str | None = None
 
     def __post_init__(self) -> None:
         for name in (
@@ -383,6 +384,7 @@ def _create_series(session: Session, rec: InstanceRecord, insert: Any) -> None:
             image_type=_fit(rec.image_type, 128),
             protocol_name=_fit(rec.protocol_name, 64),
             contrast_agent=_fit(rec.contrast_agent, 64),
+            requested_procedure=_fit(rec.requested_procedure, 64),
         )
         .on_conflict_do_nothing(index_elements=["series_instance_uid"])
     )

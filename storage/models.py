@@ -121,6 +121,8 @@ class Series(Base):
     image_type: Mapped[str | None] = mapped_column(String(128))
     protocol_name: Mapped[str | None] = mapped_column(String(64))
     contrast_agent: Mapped[str | None] = mapped_column(String(64))
+    # Requested Procedure Description (0032,1060), a study-level description of the order.
+    requested_procedure: Mapped[str | None] = mapped_column(String(64))
     instance_count: Mapped[int] = mapped_column(default=0, server_default=text("0"))
     first_received_at: Mapped[datetime | None]
     last_received_at: Mapped[datetime | None]
@@ -190,6 +192,10 @@ class Job(Base):
     echo_referral: Mapped[bool | None] = mapped_column(Boolean)
     referral_tasks: Mapped[list[str] | None] = mapped_column(JSON)
     screened_at: Mapped[datetime | None]
+    # The image check before screening (hyperct_core.bloodpool): median HU of the
+    # blood pool (None when not measured) and the one-line outcome.
+    blood_pool_hu: Mapped[float | None] = mapped_column(Float)
+    image_check: Mapped[str | None] = mapped_column(Text)
 
     series: Mapped[Series] = relationship(back_populates="job")
     results: Mapped[list[Result]] = relationship(back_populates="job", passive_deletes=True)

@@ -94,6 +94,24 @@ def finish_job(session: Session, job_id: int, worker: str, **values: object) -> 
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
+def skip_job(session: Session, job_id: int, worker: str, reason: str, **values: object) -> bool:
+    """Mark a claimed job skipped (not screened) with ``reason``; False if the claim is gone."""
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.state == JobState.RUNNING, Job.claimed_by == worker)
+        .values(
+            state=JobState.SKIPPED,
+            reason=reason,
+            last_error=None,
+            next_attempt_at=None,
+            claimed_by=None,
+            updated_at=utcnow(),
+            **values,
+        )
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
 def fail_job(
     session: Session,
     job_id: int,

@@ -301,6 +301,7 @@ class SeriesTrail:
     referral_tasks: list[str]
     results: list[TaskResult]
     reports: list[ReportRow]
+    image_check: str | None = None  # the blood-pool check before screening
 
 
 @dataclass
@@ -443,6 +444,7 @@ def study_trail(session: Session, study_instance_uid: str) -> StudyTrail | None:
                 referral_tasks=list(job.referral_tasks or []) if job else [],
                 results=results,
                 reports=reports,
+                image_check=job.image_check if job else None,
             )
         )
     # Audit rows name a study, one of its series or one of its reports; they are
@@ -650,7 +652,8 @@ def skip_reason(reason: str | None) -> str:
     """A bounded label for a free-text skip reason (Prometheus labels must not explode).
 
     ``not eligible; chest: ...`` -> ``chest`` (the first failed check),
-    ``not chosen: ...`` -> ``not_chosen``, anything else -> ``other``.
+    ``not chosen: ...`` -> ``not_chosen``, ``contrast by image: ...`` ->
+    ``contrast_by_image``, anything else -> ``other``.
     """
     if not reason:
         return "other"
@@ -658,6 +661,8 @@ def skip_reason(reason: str | None) -> str:
         return m.group(1)
     if reason.startswith("not chosen"):
         return "not_chosen"
+    if reason.startswith("contrast by image"):
+        return "contrast_by_image"
     return "other"
 
 

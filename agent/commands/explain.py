@@ -85,9 +85,15 @@ def _from_database(uid: str, config: Path | None) -> tuple[list[Any], str | None
             if not facts:
                 raise AgentError(f"no series or study with UID {uid!r} in the database")
             jobs = {
-                series_uid: JobNote(str(getattr(state, "value", state)), reason, error)
-                for series_uid, state, reason, error in session.execute(
-                    select(Series.series_instance_uid, Job.state, Job.reason, Job.last_error)
+                series_uid: JobNote(str(getattr(state, "value", state)), reason, error, image)
+                for series_uid, state, reason, error, image in session.execute(
+                    select(
+                        Series.series_instance_uid,
+                        Job.state,
+                        Job.reason,
+                        Job.last_error,
+                        Job.image_check,
+                    )
                     .join(Job, Job.series_id == Series.id)
                     .where(Series.series_instance_uid.in_([f.series_instance_uid for f in facts]))
                 )

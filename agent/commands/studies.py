@@ -112,6 +112,8 @@ def format_trail(trail: Any, patient: dict[str, str] | None = None) -> list[str]
         lines.append(f"  job {s.job_id}: {s.state}  attempts {s.attempts}")
         if s.reason:
             lines.append(f"  decision: {s.reason}")
+        if s.image_check:
+            lines.append(f"  image check: {s.image_check}")
         if s.last_error:
             retry = f" (next try {t(s.next_attempt_at)})" if s.next_attempt_at else ""
             lines.append(f"  error: {s.last_error}{retry}")

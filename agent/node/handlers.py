@@ -200,6 +200,7 @@ class NodeHandlers:
             image_type=header.image_type,
             protocol_name=header.protocol_name,
             contrast_agent=header.contrast_agent,
+            requested_procedure=header.requested_procedure,
             number_of_frames=header.number_of_frames,
         )
         return self._commit(staged, record)

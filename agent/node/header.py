@@ -59,6 +59,7 @@ class InstanceHeader:
     protocol_name: str | None = None
     contrast_agent: str | None = None
     number_of_frames: int | None = None
+    requested_procedure: str | None = None
 
     @property
     def slice_position(self) -> float | None:
@@ -147,6 +148,8 @@ _HEADER_TAGS = [
         "ProtocolName",
         "ContrastBolusAgent",
         "NumberOfFrames",
+        "RequestAttributesSequence",
+        "RequestedProcedureDescription",
     )
 ]
 
@@ -231,7 +234,20 @@ def _from_dataset(ds: Dataset) -> InstanceHeader:
         protocol_name=_text(ds, "ProtocolName"),
         contrast_agent=_text(ds, "ContrastBolusAgent"),
         number_of_frames=_int(ds, "NumberOfFrames"),
+        requested_procedure=_requested_procedure(ds),
     )
+
+
+def _requested_procedure(ds: Dataset) -> str | None:
+    """Requested Procedure Description (0032,1060): top level (PS3.3 C.4.11) or
+    the first Request Attributes Sequence item (C.7.3.1.1)."""
+    try:
+        return _text(ds, "RequestedProcedureDescription") or _text(
+            _first_item(ds, "RequestAttributesSequence") or Dataset(),
+            "RequestedProcedureDescription",
+        )
+    except Exception:  # a malformed optional sequence must not refuse the instance
+        return None
 
 
 #: Identifies files this agent wrote (PS3.10 7.1, Implementation Class UID; a UUID-derived UID).

@@ -1,5 +1,15 @@
 """Screening: claim queued jobs, read their volumes, run the model on a batch, store results.
 
+Each volume is read once: the image check (:mod:`hyperct_core.bloodpool`)
+measures the blood pool on the HU volume, then the same volume is
+preprocessed for the model. A series whose blood pool measures at or above
+``[eligibility] blood_pool_contrast_hu`` is enhanced: it is not screened, its
+job is ``skipped`` with the measurement as the reason (the image wins over
+tags that said non-contrast; the disagreement is logged), and the study's
+other series that were not chosen are decided again, so another eligible
+series can be screened instead. A series where no blood pool is found is
+screened: the tags decide.
+
 A batch is claimed in one short transaction, read and inferred with no
 transaction open (SQLite writers would otherwise block ingest), and each job's
 results, outcome and report rows are committed together. Completion is
@@ -16,19 +26,24 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from agent.config import Settings
 from agent.logs import get_logger
 from agent.pipeline.model import ModelHolder
 from agent.report import Findings, ModelIdentity, ReportInputError, referral
+from agent.series.eligibility import CONTRAST_BY_IMAGE, ContrastByTags, contrast_by_tags
+from agent.series.facts import facts_from_db
 from storage.files import InstanceStore
-from storage.models import Instance, Report, Result, Series
-from storage.queue import claim_jobs, fail_job, finish_job, requeue_stale_jobs
+from storage.models import Instance, Job, JobState, Report, Result, Series
+from storage.queue import claim_jobs, fail_job, finish_job, requeue_stale_jobs, skip_job
 from storage.types import utcnow
 
 log = get_logger("agent.screen")
+
+#: How the reason of a series that was not chosen begins (see the sweep).
+_NOT_CHOSEN = "not chosen"
 
 
 @dataclass
@@ -38,6 +53,11 @@ class ClaimedJob:
     series_uid: str
     revision: int
     paths: list[Path] = field(default_factory=list)
+    study_id: int | None = None
+    tags: ContrastByTags | None = None
+    # The image check's outcome: median blood-pool HU (None: not measured) and its line.
+    blood_pool_hu: float | None = None
+    image_check: str | None = None
 
 
 #: Builds the report objects of a screened series and writes them durably;
@@ -85,14 +105,18 @@ class Screener:
         if not claimed:
             return 0
         from hyperct_core.errors import PreprocessError
-        from hyperct_core.preprocess import preprocess_series
+        from hyperct_core.preprocess import images_from_volume
+        from hyperct_core.volume import volume_from_datasets
 
         config = predictor.card.preprocess_config()
         images, ready = [], []
         started = time.monotonic()
         for job in claimed:
             try:
-                images.append(preprocess_series(job.paths, config))
+                volume = volume_from_datasets(job.paths, config.orientation)
+                if self._enhanced(job, volume):
+                    continue
+                images.append(images_from_volume(volume, config))
                 ready.append(job)
             except PreprocessError as exc:  # the series itself is unusable: no retry helps
                 self._fail(job, f"cannot make a volume: {exc}", retry=False)
@@ -126,6 +150,76 @@ class Screener:
         )
         return done
 
+    def _enhanced(self, job: ClaimedJob, volume: Any) -> bool:
+        """The image check: measure the blood pool; skip the job when it is enhanced."""
+        eligibility = self.settings.eligibility
+        if not eligibility.blood_pool_check:
+            return False
+        from hyperct_core.bloodpool import measure_blood_pool
+
+        try:
+            pool = measure_blood_pool(volume)
+        except Exception as exc:  # a measurement fault must not stop screening: tags decide
+            log.warning("blood pool not measured", job=job.job_id, error=type(exc).__name__)
+            job.image_check = f"not measured ({type(exc).__name__}); the tags decide"
+            return False
+        threshold = eligibility.blood_pool_contrast_hu
+        if pool.hu is None:
+            job.image_check = f"not measured: {pool.reason}; the tags decide"
+            return False
+        job.blood_pool_hu = pool.hu
+        if pool.hu < threshold:
+            job.image_check = f"blood pool {pool.hu:.0f} HU, below {threshold:g} HU: not enhanced"
+            return False
+        job.image_check = f"blood pool {pool.hu:.0f} HU, at or above {threshold:g} HU: enhanced"
+        reason = f"{CONTRAST_BY_IMAGE}: blood pool {pool.hu:.0f} HU (threshold {threshold:g} HU)"
+        if job.tags is not None and job.tags.verdict == "non_contrast":
+            reason += f"; the tags said non-contrast ({job.tags.detail}): the image wins"
+            log.warning(
+                "tags say non-contrast, the image says contrast",
+                job=job.job_id,
+                blood_pool_hu=pool.hu,
+                threshold_hu=threshold,
+            )
+        self._skip(job, reason)
+        return True
+
+    def _skip(self, job: ClaimedJob, reason: str) -> None:
+        """Record the job as skipped and let the study's other series be chosen instead."""
+        with self.sessions.begin() as session:
+            skipped = skip_job(
+                session,
+                job.job_id,
+                self.worker,
+                reason,
+                blood_pool_hu=job.blood_pool_hu,
+                image_check=job.image_check,
+            )
+            if not skipped:
+                session.rollback()
+                log.warning("image check dropped: claim taken back", job=job.job_id)
+                return
+            reopened = 0
+            if job.study_id is not None:
+                siblings = select(Series.id).where(
+                    Series.study_id == job.study_id, Series.id != job.series_id
+                )
+                reopened = session.execute(
+                    update(Job)
+                    .where(
+                        Job.series_id.in_(siblings),
+                        Job.state == JobState.SKIPPED,
+                        Job.reason.like(f"{_NOT_CHOSEN}%"),
+                    )
+                    .values(
+                        state=JobState.RECEIVING,
+                        reason="another series of the study was enhanced: deciding again",
+                        updated_at=utcnow(),
+                    )
+                    .execution_options(synchronize_session=False)
+                ).rowcount  # type: ignore[attr-defined]
+        log.info("series skipped", job=job.job_id, reason=reason, siblings_reopened=reopened)
+
     def _claim(self) -> list[ClaimedJob]:
         with self.sessions.begin() as session:
             requeue_stale_jobs(session, self.settings.pipeline.claim_timeout_seconds)
@@ -146,6 +240,10 @@ class Screener:
                         series.series_instance_uid,
                         job.revision,
                         [self.store.path_of(p) for p in rel_paths],
+                        study_id=series.study_id,
+                        tags=contrast_by_tags(
+                            facts_from_db(session, job.series_id), self.settings.eligibility
+                        ),
                     )
                 )
         return claimed
@@ -196,6 +294,8 @@ class Screener:
                 echo_referral=bool(fired),
                 referral_tasks=fired,
                 screened_at=utcnow(),
+                blood_pool_hu=job.blood_pool_hu,
+                image_check=job.image_check,
             )
             if not finished:  # the claim was taken back: keep nothing
                 session.rollback()

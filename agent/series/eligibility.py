@@ -8,10 +8,10 @@ reads (PS3.3 sections of the attributes):
 - ``sop_class``: SOP Class UID (C.12.1) is one of ``sop_classes``.
 - ``chest``: a ``chest_patterns`` match in Body Part Examined (C.7.3.1),
   Series Description, Protocol Name or Study Description.
-- ``non_contrast``: Contrast/Bolus Agent (C.7.6.4) absent or saying none, and
-  no ``contrast_patterns`` match in Series Description, Protocol Name or Study
-  Description (the study's description counts: when it says contrast, its
-  series are assumed enhanced unless shown otherwise by the operator's patterns).
+- ``non_contrast``: the tags do not say the series is enhanced
+  (:func:`contrast_by_tags`). Where they say nothing, or the study holds both
+  kinds ("W/WO"), the series passes and the image check before screening
+  (:mod:`hyperct_core.bloodpool`) decides.
 - ``image_type``: every ``required_image_type`` value among Image Type
   (C.8.2.1.1.1: ORIGINAL\\PRIMARY\\AXIAL; LOCALIZER and DERIVED fail).
 - ``series_kind``: no ``exclude_patterns`` match in Series Description
@@ -30,17 +30,13 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Literal
 
 from pydicom.uid import UID
 
 from agent.config import EligibilitySettings
 from agent.series.facts import SeriesFacts
 
-# A Contrast/Bolus Agent value that says "none" is no agent (scanners write these).
-_NO_AGENT = re.compile(
-    r"^\s*(none|no|nil|n/?a|-+|0|no contrast|non[- ]?contrast|without contrast|w/o contrast)\s*$",
-    re.IGNORECASE,
-)
 # |normal . z| at least cos(30 deg): an axial stack, gantry tilt included.
 _AXIAL_MIN_COSINE = math.cos(math.radians(30.0))
 
@@ -149,17 +145,117 @@ def _chest(facts: SeriesFacts, s: EligibilitySettings) -> Check:
     return Check("chest", False, f"no chest pattern matches {_shown(fields)}")
 
 
-def _non_contrast(facts: SeriesFacts, s: EligibilitySettings) -> Check:
+#: How the job reason of a series skipped by the image check before screening begins.
+CONTRAST_BY_IMAGE = "contrast by image"
+
+TagVerdict = Literal["contrast", "non_contrast", "unknown"]
+WordKind = Literal["mixed", "non_contrast", "contrast"]
+
+
+_KIND_WORDS = {
+    "mixed": "both kinds",
+    "non_contrast": "non-contrast words",
+    "contrast": "contrast words",
+}
+
+
+@dataclass(frozen=True)
+class ContrastByTags:
+    """What the header says about intravenous contrast, and which attribute said it."""
+
+    verdict: TagVerdict
+    detail: str
+
+
+def classify_words(text: str | None, s: EligibilitySettings) -> tuple[WordKind, str] | None:
+    """The kind of contrast words in one description, and the words that matched.
+
+    Mixed words ("W/WO") are looked for first, then non-contrast words, then
+    contrast words: "WO CONTRAST" contains "CONTRAST" and must not count as it.
+    """
+    if not text:
+        return None
+    kinds: tuple[tuple[WordKind, list[str]], ...] = (
+        ("mixed", s.mixed_patterns),
+        ("non_contrast", s.non_contrast_patterns),
+        ("contrast", s.contrast_patterns),
+    )
+    for kind, patterns in kinds:
+        for rx in _compiled(tuple(patterns)):
+            found = rx.search(text)
+            if found:
+                return kind, found.group(0).strip() or found.group(0)
+    return None
+
+
+def agent_says_none(value: str, s: EligibilitySettings) -> bool:
+    return any(rx.fullmatch(value.strip()) for rx in _compiled(tuple(s.no_agent_patterns)))
+
+
+def contrast_by_tags(facts: SeriesFacts, s: EligibilitySettings) -> ContrastByTags:
+    """Contrast or not, from the Contrast/Bolus Agent and the descriptions.
+
+    Precedence, first decisive source wins:
+
+    1. Contrast/Bolus Agent (PS3.3 C.7.6.4) naming an agent: contrast.
+    2. Series-level words: Series Description (C.7.3.1), then Protocol Name.
+    3. Contrast/Bolus Agent saying none (``no_agent_patterns``): not contrast.
+    4. Study-level words: Requested Procedure Description (C.4.11, or its
+       Request Attributes Sequence item), then Study Description (C.7.2.1).
+
+    A description with mixed words ("W/WO") decides nothing for its series; a
+    series- or study-level one also stops the study-level words below it from
+    deciding (a "W/WO" study marks no series). Undecided is ``unknown``: the
+    image decides.
+    """
     agent = (facts.contrast_agent or "").strip()
-    if agent and not _NO_AGENT.match(agent):
-        return Check("non_contrast", False, f"Contrast/Bolus Agent is {agent!r}")
-    fields = _descriptions(facts)
-    hit = _first_match(s.contrast_patterns, fields)
-    if hit:
-        name, value, pattern = hit
-        return Check("non_contrast", False, f"{name} {value!r} matches /{pattern}/")
-    agent_note = f"Contrast/Bolus Agent {agent!r} says none" if agent else "no Contrast/Bolus Agent"
-    return Check("non_contrast", True, f"{agent_note}; no contrast words in {_shown(fields)}")
+    if agent and not agent_says_none(agent, s):
+        return ContrastByTags("contrast", f"Contrast/Bolus Agent is {agent!r}")
+    mixed: list[str] = []
+    series_level = [
+        ("series description", facts.series_description),
+        ("protocol", facts.protocol_name),
+    ]
+    study_level = [
+        ("requested procedure", facts.requested_procedure),
+        ("study description", facts.study_description),
+    ]
+    for name, value in series_level:
+        found = classify_words(value, s)
+        if found is None:
+            continue
+        kind, words = found
+        said = f"{name} {value!r}: {_KIND_WORDS[kind]} {words!r}"
+        if kind == "mixed":
+            mixed.append(f"{name} {value!r} says both kinds")
+            continue
+        return ContrastByTags(kind, said)
+    if agent:
+        return ContrastByTags("non_contrast", f"Contrast/Bolus Agent {agent!r} says none")
+    if not mixed:
+        for name, value in study_level:
+            found = classify_words(value, s)
+            if found is None:
+                continue
+            kind, words = found
+            if kind == "mixed":
+                mixed.append(f"{name} {value!r} says both kinds")
+                break
+            return ContrastByTags(kind, f"{name} {value!r}: {_KIND_WORDS[kind]} {words!r}")
+    if mixed:
+        return ContrastByTags("unknown", f"{mixed[0]}; the image decides")
+    fields = [*series_level, *study_level]
+    return ContrastByTags(
+        "unknown",
+        f"no Contrast/Bolus Agent, no contrast words in {_shown(fields)}; the image decides",
+    )
+
+
+def _non_contrast(facts: SeriesFacts, s: EligibilitySettings) -> Check:
+    tags = contrast_by_tags(facts, s)
+    if tags.verdict == "contrast":
+        return Check("non_contrast", False, tags.detail)
+    return Check("non_contrast", True, tags.detail)
 
 
 def _image_type(facts: SeriesFacts, s: EligibilitySettings) -> Check:

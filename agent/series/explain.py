@@ -23,7 +23,7 @@ from typing import Literal
 
 from agent.config import CompletenessSettings, EligibilitySettings
 from agent.series.completeness import Completeness, judge_completeness
-from agent.series.eligibility import Eligibility, assess_eligibility
+from agent.series.eligibility import CONTRAST_BY_IMAGE, Eligibility, assess_eligibility
 from agent.series.facts import SeriesFacts
 from agent.series.selection import RULE, choose_series
 
@@ -37,6 +37,12 @@ class JobNote:
     state: str
     reason: str | None = None
     last_error: str | None = None
+    # The image check before screening (blood-pool HU), when it ran.
+    image_check: str | None = None
+
+    @property
+    def contrast_by_image(self) -> bool:
+        return self.state == "skipped" and (self.reason or "").startswith(CONTRAST_BY_IMAGE)
 
 
 @dataclass(frozen=True)
@@ -59,6 +65,8 @@ class SeriesDecision:
         """One line: the outcome and its main reason."""
         if not self.eligibility.eligible:
             return "skip: " + self.eligibility.reason()
+        if self.job is not None and self.job.contrast_by_image:
+            return "skip: " + (self.job.reason or CONTRAST_BY_IMAGE)
         if self.completeness.state == "partial":
             return "skip: partial: " + self.completeness.reasons[0]
         if not self.chosen:
@@ -106,7 +114,13 @@ def decide_studies(
             )
             for f in members
         ]
-        candidates = [f for f, c, e in judged if e.eligible and c.state != "partial"]
+        # A series the image check found enhanced is no candidate any more.
+        enhanced = {uid for uid, note in (jobs or {}).items() if note.contrast_by_image}
+        candidates = [
+            f
+            for f, c, e in judged
+            if e.eligible and c.state != "partial" and f.series_instance_uid not in enhanced
+        ]
         selection = choose_series(candidates)
         decisions = [
             SeriesDecision(
@@ -175,6 +189,8 @@ def _render_series(d: SeriesDecision) -> list[str]:
         lines.append(job)
         if d.job.last_error:
             lines.append(f"    last error: {d.job.last_error}")
+        if d.job.image_check:
+            lines.append(f"    image check: {d.job.image_check}")
     return lines
 
 

@@ -56,6 +56,8 @@ class SeriesFacts:
     body_part_examined: str | None = None
     protocol_name: str | None = None
     study_description: str | None = None
+    # Requested Procedure Description (0032,1060): a study-level contrast word source.
+    requested_procedure: str | None = None
     # Image Type values joined by "\\" (PS3.3 C.7.6.1.1.2), e.g. "ORIGINAL\\PRIMARY\\AXIAL".
     image_type: str | None = None
     contrast_agent: str | None = None
@@ -155,6 +157,7 @@ def _facts_where(session: Session, where: Any) -> list[SeriesFacts]:
                 body_part_examined=s.body_part_examined,
                 protocol_name=s.protocol_name,
                 study_description=row.study_description,
+                requested_procedure=s.requested_procedure,
                 image_type=s.image_type,
                 contrast_agent=s.contrast_agent,
                 instance_count=s.instance_count,
@@ -256,6 +259,7 @@ _FIT = {
     "study_description": 64,
     "image_type": 128,
     "contrast_agent": 64,
+    "requested_procedure": 64,
 }
 
 
@@ -288,6 +292,7 @@ def _facts_from_headers(items: list[tuple[InstanceHeader, datetime]]) -> SeriesF
         body_part_examined=_fit(first.body_part_examined, "body_part_examined"),
         protocol_name=_fit(first.protocol_name, "protocol_name"),
         study_description=_fit(first.study_description, "study_description"),
+        requested_procedure=_fit(first.requested_procedure, "requested_procedure"),
         image_type=_fit(first.image_type, "image_type"),
         contrast_agent=_fit(first.contrast_agent, "contrast_agent"),
         instance_count=len(headers),

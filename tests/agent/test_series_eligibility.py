@@ -95,7 +95,7 @@ def test_details_name_the_evidence() -> None:
     assert details["chest"] == "body part 'CHEST' matches /chest/"
     assert details["slices"] == "120 slices (>= 64)"
     contrast = assess_eligibility(chest(series_description="CHEST C+ 1.0"), S).failed[0]
-    assert contrast.detail == "series description 'CHEST C+ 1.0' matches /\\bc\\+/"
+    assert contrast.detail == "series description 'CHEST C+ 1.0': contrast words 'C+'"
 
 
 def test_settings_change_the_verdict() -> None:
