@@ -172,7 +172,7 @@ class Findings:
         return task in self.thresholds
 
     def is_present(self, task: str) -> bool:
-        """Present at the operating threshold: probability >= threshold (never when not assessed)."""
+        """Present at the operating threshold: probability >= threshold; never if not assessed."""
         return self.is_assessed(task) and self._by_name[task] >= self.thresholds[task]
 
     def status(self, task: str) -> str:

@@ -14,8 +14,9 @@ headings and item names show in a viewer)::
         Descriptions       version and limits
 
 Section headings are CID 7001 concepts, items TID 2002 TEXT items named from
-CID 7002 (:mod:`agent.report.codes` says why these codes). The text comes from the Jinja2 template ``templates/report.txt.j2``:
-one block per section, one paragraph per content item.
+CID 7002 (:mod:`agent.report.codes` says why these codes). The text comes from
+the Jinja2 template ``templates/report.txt.j2``: one block per section, one
+paragraph per content item.
 """
 
 from __future__ import annotations

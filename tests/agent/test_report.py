@@ -404,10 +404,7 @@ def _sections(ds: Dataset) -> list[tuple[str, list[tuple[str, str]]]]:
     return [
         (
             item.ConceptNameCodeSequence[0].CodeMeaning,
-            [
-                (t.ConceptNameCodeSequence[0].CodeMeaning, t.TextValue)
-                for t in item.ContentSequence
-            ],
+            [(t.ConceptNameCodeSequence[0].CodeMeaning, t.TextValue) for t in item.ContentSequence],
         )
         for item in ds.ContentSequence
         if item.ValueType == "CONTAINER"
@@ -644,8 +641,8 @@ def test_referral_not_assessed_when_no_referral_task_has_an_operating_point():
     findings = Findings.from_model(probabilities(0.99), model)
     assert referral(findings) == []
     sections = render_sections(findings, model)
-    assert sections["impression"].splitlines()[-1].startswith(
-        "Echocardiography referral not assessed"
+    assert (
+        sections["impression"].splitlines()[-1].startswith("Echocardiography referral not assessed")
     )
     assert "absent" not in sections["findings"]
 
