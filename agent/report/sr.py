@@ -131,7 +131,7 @@ class TaskMeasurementGroup(hd.sr.MeasurementsAndQualitativeEvaluations):
         threshold = (
             f"threshold={findings.thresholds[task]:g}"
             if assessed
-            else "threshold=none (no validated operating point: not assessed)"
+            else "not assessed: no threshold"
         )
         algorithm = hd.sr.AlgorithmIdentification(
             name=algorithm_name(model),
