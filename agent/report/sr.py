@@ -129,9 +129,7 @@ class TaskMeasurementGroup(hd.sr.MeasurementsAndQualitativeEvaluations):
         coding = rc.FINDING_CODING[task]
         assessed = findings.is_assessed(task)
         threshold = (
-            f"threshold={findings.thresholds[task]:g}"
-            if assessed
-            else "not assessed: no threshold"
+            f"threshold={findings.thresholds[task]:g}" if assessed else "not assessed: no threshold"
         )
         algorithm = hd.sr.AlgorithmIdentification(
             name=algorithm_name(model),
