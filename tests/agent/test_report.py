@@ -636,6 +636,23 @@ def test_tasks_without_operating_point_are_not_assessed(source, tmp_path):
     assert "Pulmonary hypertension, Ventricular enlargement." in impression
 
 
+def test_pipeline_rule_in_force_keeps_unassessed_tasks_unassessed():
+    """``[referral.thresholds]`` moves an assessed task's threshold, never assesses a new one."""
+    from agent.config import Settings
+    from agent.pipeline.screen import findings_for
+
+    model = make_model(thresholds=PARTIAL_THRESHOLDS)
+    card = _card(PARTIAL_THRESHOLDS)
+    settings = Settings.model_validate(
+        {"referral": {"thresholds": {"pulmonary_hypertension": 0.1, "cardiomegaly": 0.9}}}
+    )
+    findings = findings_for(probabilities(0.5), card, model, settings)
+    assert findings.status("pulmonary_hypertension") == "not assessed"
+    assert findings.thresholds["cardiomegaly"] == 0.9
+    assert findings.status("cardiomegaly") == "absent"
+    assert set(findings.thresholds) == set(PARTIAL_THRESHOLDS)
+
+
 def test_referral_not_assessed_when_no_referral_task_has_an_operating_point():
     model = make_model(thresholds={"cardiomegaly": 0.3})
     findings = Findings.from_model(probabilities(0.99), model)
@@ -756,6 +773,7 @@ def test_measurement_report_in_a_viewer_names_every_value(viewer_case):
 def test_pixelmed_finds_no_errors(viewer_case):
     """PixelMed's DicomSRValidator: 0 errors on both SRs, and no unexplained warning."""
     _, (sr_path, text_path) = viewer_case
+    assert [dciodvfy(p).errors for p in (sr_path, text_path)] == [[], []]
     measurement = pixelmed_validate(sr_path)
     assert measurement.errors == [], measurement.errors
     unexplained = [w for w in measurement.warnings if not QUALITATIVE_ROW_WARNING.match(w)]
