@@ -51,7 +51,8 @@ def dciodvfy(path: Path) -> Dciodvfy:
 def dsrdump(path: Path) -> tuple[int, str]:
     """Run DCMTK's dsrdump; return its exit status and combined output."""
     exe = tool("/usr/bin/dsrdump", "dcmtk")
-    proc = subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=60)
+    env = {**os.environ, "TCP_NODELAY": "1"}
+    proc = subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=60, env=env)
     return proc.returncode, proc.stdout + proc.stderr
 
 
