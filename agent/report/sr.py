@@ -6,6 +6,10 @@ Content tree (every container SEPARATE, so a renderer names each item)::
       language, observation context: the agent as device observer (TID 1004)
       Procedure reported: CT unspecified body region (LOINC 25045-6, CID 100)
       Imaging Measurements
+        an echo referral group, first, only when the rule fires:
+          Recommended Follow-up = Transthoracic echocardiography
+          <finding type of each triggering task> = Present
+          algorithm parameters: the rule and the triggering task names
         one Measurement Group (TID 1501) per task, study-level (no image regions):
           tracking identifier (finding name) and tracking unique identifier
           finding type, finding site where the task has one
@@ -14,10 +18,6 @@ Content tree (every container SEPARATE, so a renderer names each item)::
             model's full-precision output in Floating Point Value (PS3.3 C.18.1)
           <finding type> = Present | Absent at the threshold, or Undetermined
             when the card has no operating point for the task (CID 240)
-        an echo referral group, only when the rule fires:
-          Recommended Follow-up = Transthoracic echocardiography
-          <finding type of each triggering task> = Present
-          algorithm parameters: the rule and the triggering task names
 
 The source series is cited once, in the Current Requested Procedure Evidence
 Sequence (PS3.3 C.17.2); the groups carry no source-image lists, which keeps a
@@ -265,12 +265,12 @@ def measurement_report(
     evidence and the first supplies the patient and study attributes.
     """
     evidence = prepare_source(source)
-    groups: list[hd.sr.MeasurementsAndQualitativeEvaluations] = [
-        TaskMeasurementGroup(task, findings, model, uids) for task in findings.task_names
-    ]
+    # The referral is the conclusion: first, so a reader of the tree meets it first.
+    groups: list[hd.sr.MeasurementsAndQualitativeEvaluations] = []
     triggering = referral(findings)
     if triggering:
         groups.append(EchoReferralGroup(triggering, findings, model, uids))
+    groups += [TaskMeasurementGroup(task, findings, model, uids) for task in findings.task_names]
     report = hd.sr.MeasurementReport(
         observation_context=device_observer(model),
         procedure_reported=rc.PROCEDURE_REPORTED,

@@ -762,9 +762,11 @@ def test_measurement_report_in_a_viewer_names_every_value(viewer_case):
     assert "Procedure reported = CT unspecified body region" in page
     assert "echocardiography Present" not in page
     assert "Recommended Follow-up: Transthoracic echocardiography" in page
-    # The triggering finding shows under the referral, named.
-    referral = page[page.index("Echocardiography referral") :]
-    assert "Depression of left ventricular systolic function: Present" in referral
+    # The referral comes first, with the triggering finding named under it.
+    referral = page.index('Tracking Identifier = "Echocardiography referral"')
+    first_task = page.index('Tracking Identifier = "Reduced RV systolic function"')
+    assert referral < page.index("Recommended Follow-up") < first_task
+    assert "Depression of left ventricular systolic function: Present" in page[referral:first_task]
     assert "Probability: 0.359 1" in page and "Probability: 0.812 1" in page
     assert page.count("Undetermined") == len(UNASSESSED)
     _no_long_numbers(page)
