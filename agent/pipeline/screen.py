@@ -68,9 +68,15 @@ ReportWriter = Callable[[ClaimedJob, Findings, ModelIdentity], list[tuple[str, s
 def findings_for(
     probabilities: Sequence[float], card: Any, model: ModelIdentity, settings: Settings
 ) -> Findings:
-    """The rule in force: card thresholds and referral tasks, overridden by ``[referral]``."""
-    thresholds = {t: float(model.thresholds.get(t, 0.5)) for t in card.tasks}
-    thresholds.update(settings.referral.thresholds)
+    """The rule in force: card thresholds and referral tasks, overridden by ``[referral]``.
+
+    Only tasks with an operating point in the card are assessed; an override
+    moves such a task's threshold and cannot make another task assessed.
+    """
+    thresholds = {t: float(model.thresholds[t]) for t in card.tasks if t in model.thresholds}
+    for task, value in settings.referral.thresholds.items():
+        if task in thresholds:
+            thresholds[task] = float(value)
     return Findings(
         task_names=tuple(card.tasks),
         probabilities=tuple(float(p) for p in probabilities),

@@ -3,10 +3,12 @@
 Two DICOM SR documents in one new series (``../shared/spec/sr-output.md``):
 
 1. a TID 1500 Comprehensive 3D SR with the 25 probabilities, Present/Absent at
-   each threshold and, when the echo rule fires, the referral
+   each threshold (Undetermined for a task the model card gives no operating
+   point) and, when the echo rule fires, the referral
    (:func:`agent.report.sr.measurement_report`);
-2. a text SR with Findings and Recommendations rendered from
-   ``templates/report.txt.j2`` (:func:`agent.report.text.text_report`).
+2. a readable TID 2000 report: Impressions first, then one Finding per task,
+   Recommendations and the method, rendered from ``templates/report.txt.j2``
+   (:func:`agent.report.text.text_report`).
 
 They share one series because they are one result: both are keyed on the same
 (source series, model, revision), are sent, resent and superseded together,
@@ -25,7 +27,7 @@ from pydicom.dataset import Dataset
 from agent.report.inputs import DEFAULT_REFERRAL_TASKS, Findings, ModelIdentity, ReportInputError
 from agent.report.referral import RULE_TEXT, referral
 from agent.report.sr import measurement_report
-from agent.report.text import render_sections, text_report
+from agent.report.text import render_sections, report_items, text_report
 from agent.report.uids import ReportUIDs, derive_uid
 
 __all__ = [
@@ -39,6 +41,7 @@ __all__ = [
     "derive_uid",
     "referral",
     "render_sections",
+    "report_items",
     "write_reports",
 ]
 
@@ -53,7 +56,7 @@ def build_reports(
     text_report: bool = True,
     created: datetime.datetime | None = None,
 ) -> list[Dataset]:
-    """The SR documents of one screened series: TID 1500 first, then the text report.
+    """The SR documents of one screened series: TID 1500 first, then the readable report.
 
     ``source_datasets`` are the screened series' CT datasets; headers suffice
     (``dcmread(..., stop_before_pixels=True)``). Every one is cited as evidence.

@@ -35,18 +35,33 @@ NO_UNITS: Code = codes.UCUM.NoUnits
 #: CID 240 Present-Absent (qualitative evaluation at the operating threshold).
 PRESENT: Code = codes.SCT.Present
 ABSENT: Code = codes.SCT.Absent
+#: CID 240's third value: a task without a validated operating point is not assessed.
+UNDETERMINED: Code = codes.SCT.Undetermined
 RECOMMENDED_FOLLOW_UP: Code = codes.DCM.RecommendedFollowUp
 TRANSTHORACIC_ECHO: Code = codes.SCT.TransthoracicEchocardiography
 FINDING: Code = codes.DCM.Finding
-FINDINGS: Code = codes.DCM.Findings
-RECOMMENDATION: Code = codes.DCM.Recommendation
-RECOMMENDATIONS: Code = codes.DCM.Recommendations
 PROCESSING_EQUIPMENT: Code = codes.DCM.ProcessingEquipment
-#: Procedure reported (CID 100 is extensible): LOINC 24627-2 is the Radiology
-#: Playbook code for "CT Chest". PS3.16 lists the same code in CID 7000 (document
-#: titles) as "CT Chest Report", which is how the text report is titled.
-CT_CHEST = Code("24627-2", "LN", "CT Chest")
-CT_CHEST_REPORT: Code = codes.LN.CTChestReport
+#: Procedure reported of TID 1500 (row 4), from CID 100 "Quantitative Diagnostic
+#: Imaging Procedure". CID 100 has no chest CT concept; LOINC 25045-6 "CT
+#: unspecified body region" is its CT entry.
+PROCEDURE_REPORTED: Code = codes.LN.CTUnspecifiedBodyRegion
+
+# The readable report (TID 2000) uses concepts that are in both the current
+# PS3.16 and the older tables strict validators ship (PixelMed's CID 7000 lists
+# "CT Chest Report" as LOINC 11538-6, the current one as 24627-2; CID 7001 went
+# from DCM headings to LOINC ones). Both context groups are extensible, so the
+# DCM headings stay valid under the current standard.
+#: Document title, CID 7000 "Diagnostic Imaging Report Document Title".
+REPORT_TITLE: Code = codes.LN.DiagnosticImagingReport
+#: TID 2000 section headings (CID 7001 "Diagnostic Imaging Report Heading").
+IMPRESSIONS: Code = codes.DCM.Impressions
+FINDINGS: Code = codes.DCM.Findings
+RECOMMENDATIONS: Code = codes.DCM.Recommendations
+CURRENT_PROCEDURE_DESCRIPTIONS: Code = codes.DCM.CurrentProcedureDescriptions
+#: TID 2002 report elements (CID 7002 "Diagnostic Imaging Report Element").
+IMPRESSION: Code = codes.DCM.Impression
+RECOMMENDATION: Code = codes.DCM.Recommendation
+PROCEDURE_DESCRIPTION: Code = codes.DCM.ProcedureDescription
 
 
 @dataclass(frozen=True)
@@ -145,15 +160,20 @@ def all_codes() -> list[Code]:
         NO_UNITS,
         PRESENT,
         ABSENT,
+        UNDETERMINED,
         RECOMMENDED_FOLLOW_UP,
         TRANSTHORACIC_ECHO,
         FINDING,
-        FINDINGS,
-        RECOMMENDATION,
-        RECOMMENDATIONS,
         PROCESSING_EQUIPMENT,
-        CT_CHEST,
-        CT_CHEST_REPORT,
+        PROCEDURE_REPORTED,
+        REPORT_TITLE,
+        IMPRESSIONS,
+        FINDINGS,
+        RECOMMENDATIONS,
+        CURRENT_PROCEDURE_DESCRIPTIONS,
+        IMPRESSION,
+        RECOMMENDATION,
+        PROCEDURE_DESCRIPTION,
     ]
     for coding in FINDING_CODING.values():
         found.append(coding.finding_type)

@@ -1,8 +1,11 @@
 """What a report is built from: the model that screened, and what it found.
 
 Both are validated when constructed, so the SR builders never see a
-probability outside [0, 1], a task list out of order, or a referral task
-without a threshold.
+probability outside [0, 1] or a task list out of order.
+
+A task is *assessed* only where the model card gives it an operating point
+(:func:`operating_points`); the others are reported "not assessed", never
+"Absent", and never count towards the echo referral.
 """
 
 from __future__ import annotations
@@ -36,6 +39,33 @@ def _check_tasks(names: Sequence[str], what: str) -> None:
         raise ReportInputError(f"{what}: a task is listed twice")
 
 
+def operating_points(card: ModelCard) -> dict[str, float]:
+    """The tasks the card supports, each with its operating threshold.
+
+    A task has an operating point when the card's ``thresholds`` gives it a
+    number in [0, 1] (a missing or null entry has none) and, where the card
+    records how its thresholds were chosen (``extra.operating_points.tasks``,
+    written by ``model evaluate --write-thresholds``), that record lists it:
+    the card's other thresholds are placeholders that were never evaluated
+    ("tasks not listed keep their threshold"). An entry there with
+    ``"validated": false`` also removes the task.
+    """
+    chosen = (card.extra.get("operating_points") or {}).get("tasks")
+    points: dict[str, float] = {}
+    for name in card.tasks:
+        value = card.thresholds.get(name)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        if not 0.0 <= float(value) <= 1.0:
+            continue
+        if isinstance(chosen, Mapping):
+            record = chosen.get(name)
+            if not isinstance(record, Mapping) or record.get("validated") is False:
+                continue
+        points[name] = float(value)
+    return points
+
+
 def _check_thresholds(thresholds: Mapping[str, float], what: str) -> None:
     _check_tasks(list(thresholds), what)
     for name, value in thresholds.items():
@@ -53,7 +83,8 @@ class ModelIdentity:
         weights_sha256: Digest of the weights; part of :attr:`device_uid`, so a
             retrained model under the same version is still a different device.
         is_demo: True for a model that was not validated (its reports say so).
-        thresholds: Operating threshold per task, from the model card.
+        thresholds: Operating threshold per task that has an operating point in the
+            model card (:func:`operating_points`); the other tasks are not assessed.
         referral_tasks: Tasks whose positive finding recommends an echocardiogram.
     """
 
@@ -88,7 +119,7 @@ class ModelIdentity:
             version=card.version,
             weights_sha256=weights_sha256,
             is_demo=not card.validated,
-            thresholds=dict(card.thresholds),
+            thresholds=operating_points(card),
             referral_tasks=tuple(referral),
         )
 
@@ -100,7 +131,8 @@ class Findings:
     Attributes:
         task_names: The 25 task names in model output order.
         probabilities: One probability per task, in [0, 1].
-        thresholds: Threshold in force per task (card, overridden by ``[referral].thresholds``).
+        thresholds: Threshold in force per assessed task (card, overridden by
+            ``[referral].thresholds``); a task without one is not assessed.
         referral_tasks: Referral tasks in force (``[referral].tasks`` or the card's).
     """
 
@@ -125,9 +157,6 @@ class Findings:
             if not (math.isfinite(p) and 0.0 <= p <= 1.0):
                 raise ReportInputError(f"findings: probability of {name!r} is not in [0, 1]")
         _check_thresholds(self.thresholds, "findings thresholds")
-        missing = [n for n in names if n not in self.thresholds]
-        if missing:
-            raise ReportInputError(f"findings: no threshold for task {missing[0]!r}")
         _check_tasks(self.referral_tasks, "findings referral tasks")
         object.__setattr__(self, "task_names", names)
         object.__setattr__(self, "probabilities", probs)
@@ -138,9 +167,25 @@ class Findings:
     def probability(self, task: str) -> float:
         return self._by_name[task]
 
+    def is_assessed(self, task: str) -> bool:
+        """True when the task has an operating point; otherwise it is "not assessed"."""
+        return task in self.thresholds
+
     def is_present(self, task: str) -> bool:
-        """Present at the operating threshold: probability >= threshold."""
-        return self._by_name[task] >= self.thresholds[task]
+        """Present at the operating threshold: probability >= threshold; never if not assessed."""
+        return self.is_assessed(task) and self._by_name[task] >= self.thresholds[task]
+
+    def status(self, task: str) -> str:
+        """``"present"``, ``"absent"`` or ``"not assessed"``."""
+        if not self.is_assessed(task):
+            return "not assessed"
+        return "present" if self.is_present(task) else "absent"
+
+    @property
+    def assessed_referral_tasks(self) -> tuple[str, ...]:
+        """Referral tasks with an operating point, in task index order: the rule's inputs."""
+        chosen = set(self.referral_tasks)
+        return tuple(t for t in self.task_names if t in chosen and self.is_assessed(t))
 
     @classmethod
     def from_model(
@@ -155,9 +200,13 @@ class Findings:
 
         ``referral_tasks`` and ``threshold_overrides`` are ``[referral].tasks`` and
         ``[referral].thresholds`` of ``agent.toml``; an empty task list keeps the card's.
+        An override moves the threshold of a task the card assesses; it cannot make
+        a task without an operating point assessed.
         """
         thresholds = dict(model.thresholds)
-        thresholds.update(threshold_overrides or {})
+        for task, value in (threshold_overrides or {}).items():
+            if task in thresholds:
+                thresholds[task] = float(value)
         return cls(
             task_names=TASK_NAMES,
             probabilities=tuple(probabilities),

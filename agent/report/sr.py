@@ -1,20 +1,23 @@
 """The machine-readable report: a TID 1500 Comprehensive 3D SR (PS3.16 A.35.1).
 
-Content tree::
+Content tree (every container SEPARATE, so a renderer names each item)::
 
-    Imaging Measurement Report (TID 1500), procedure reported: CT Chest
-      observation context: the agent as device observer (TID 1004)
+    Imaging Measurement Report (TID 1500)
+      language, observation context: the agent as device observer (TID 1004)
+      Procedure reported: CT unspecified body region (LOINC 25045-6, CID 100)
       Imaging Measurements
+        an echo referral group, first, only when the rule fires:
+          Recommended Follow-up = Transthoracic echocardiography
+          <finding type of each triggering task> = Present
+          algorithm parameters: the rule and the triggering task names
         one Measurement Group (TID 1501) per task, study-level (no image regions):
           tracking identifier (finding name) and tracking unique identifier
           finding type, finding site where the task has one
           algorithm identification (TID 4019): name, version, task and threshold
-          Probability (DCM 122157), UCUM "1"
-          <finding type> = Present | Absent at the threshold (CID 240)
-        an echo referral group, only when the rule fires:
-          Recommended Follow-up = Transthoracic echocardiography
-          <finding type of each triggering task> = Present
-          algorithm parameters: the rule and the triggering task names
+          Probability (DCM 122157), UCUM "1": 3 decimals in Numeric Value, the
+            model's full-precision output in Floating Point Value (PS3.3 C.18.1)
+          <finding type> = Present | Absent at the threshold, or Undetermined
+            when the card has no operating point for the task (CID 240)
 
 The source series is cited once, in the Current Requested Procedure Evidence
 Sequence (PS3.3 C.17.2); the groups carry no source-image lists, which keeps a
@@ -30,6 +33,7 @@ from typing import Any
 import highdicom as hd
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
+from pydicom.valuerep import DS
 
 from agent import __version__
 from agent.report import codes as rc
@@ -44,6 +48,26 @@ DEMO_MARK = "DEMO - not for clinical use"
 NOT_VERIFIED = "Generated automatically by software; not verified by a physician. Not a diagnosis."
 REFERRAL_TRACKING_NAME = "Echocardiography referral"
 REFERRAL_ALGORITHM = "HyperCT echo referral rule"
+#: Decimals of a probability as a reader sees it (Numeric Value).
+PROBABILITY_DECIMALS = 3
+
+
+def readable_probability(value: float) -> str:
+    """A probability as the reports print it: 3 decimals."""
+    return f"{value:.{PROBABILITY_DECIMALS}f}"
+
+
+def separate_containers(content: Dataset) -> None:
+    """Make every CONTAINER in ``content`` SEPARATE (PS3.3 C.18.8).
+
+    A renderer joins the items of a CONTINUOUS container into one run of text
+    and drops their concept names ("Transthoracic echocardiography Present");
+    SEPARATE shows each item as "name = value" and section headings as headings.
+    """
+    if content.get("ValueType") == "CONTAINER":
+        content.ContinuityOfContent = "SEPARATE"
+    for item in content.get("ContentSequence", []):
+        separate_containers(item)
 
 
 def series_description(model: ModelIdentity) -> str:
@@ -103,26 +127,32 @@ class TaskMeasurementGroup(hd.sr.MeasurementsAndQualitativeEvaluations):
 
     def __init__(self, task: str, findings: Findings, model: ModelIdentity, uids: ReportUIDs):
         coding = rc.FINDING_CODING[task]
-        threshold = findings.thresholds[task]
+        assessed = findings.is_assessed(task)
+        threshold = (
+            f"threshold={findings.thresholds[task]:g}" if assessed else "not assessed: no threshold"
+        )
         algorithm = hd.sr.AlgorithmIdentification(
             name=algorithm_name(model),
             version=model.version,
-            parameters=[f"task={task}", f"threshold={threshold:g}"],
+            parameters=[f"task={task}", threshold],
         )
         sites = (
             [hd.sr.FindingSite(anatomic_location=coding.finding_site)]
             if coding.finding_site is not None
             else None
         )
-        probability = hd.sr.Measurement(
-            name=rc.PROBABILITY,
-            value=findings.probability(task),
-            unit=rc.NO_UNITS,
-        )
-        evaluation = hd.sr.QualitativeEvaluation(
-            name=coding.finding_type,
-            value=rc.PRESENT if findings.is_present(task) else rc.ABSENT,
-        )
+        value = findings.probability(task)
+        probability = hd.sr.Measurement(name=rc.PROBABILITY, value=value, unit=rc.NO_UNITS)
+        # What a renderer prints is Numeric Value: 3 decimals. highdicom keeps the
+        # float in Floating Point Value, which readers of the number use.
+        measured = probability[0].MeasuredValueSequence[0]
+        measured.NumericValue = DS(readable_probability(value))
+        measured.FloatingPointValue = value
+        if not assessed:
+            result = rc.UNDETERMINED
+        else:
+            result = rc.PRESENT if findings.is_present(task) else rc.ABSENT
+        evaluation = hd.sr.QualitativeEvaluation(name=coding.finding_type, value=result)
         super().__init__(
             tracking_identifier=hd.sr.TrackingIdentifier(
                 uid=uids.tracking_uid(task),
@@ -235,20 +265,22 @@ def measurement_report(
     evidence and the first supplies the patient and study attributes.
     """
     evidence = prepare_source(source)
-    groups: list[hd.sr.MeasurementsAndQualitativeEvaluations] = [
-        TaskMeasurementGroup(task, findings, model, uids) for task in findings.task_names
-    ]
+    # The referral is the conclusion: first, so a reader of the tree meets it first.
+    groups: list[hd.sr.MeasurementsAndQualitativeEvaluations] = []
     triggering = referral(findings)
     if triggering:
         groups.append(EchoReferralGroup(triggering, findings, model, uids))
+    groups += [TaskMeasurementGroup(task, findings, model, uids) for task in findings.task_names]
     report = hd.sr.MeasurementReport(
         observation_context=device_observer(model),
-        procedure_reported=rc.CT_CHEST,
+        procedure_reported=rc.PROCEDURE_REPORTED,
         imaging_measurements=groups,
     )
+    content = report[0]
+    separate_containers(content)
     document = hd.sr.Comprehensive3DSR(
         evidence=evidence,
-        content=report[0],
+        content=content,
         series_instance_uid=uids.series_instance_uid,
         series_number=series_number,
         sop_instance_uid=uids.measurement_report_uid,

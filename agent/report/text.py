@@ -1,11 +1,22 @@
-"""The human-readable report: a Comprehensive SR with TEXT items (PS3.3 A.35.3).
+"""The human-readable report: TID 2000 Basic Diagnostic Imaging Report in a Comprehensive SR.
 
-Its two TEXT items, "Findings" (DCM 121070) and "Recommendations" (DCM 121074),
-hold plain text rendered from the Jinja2 template ``templates/report.txt.j2``
-(one template block per item). Viewers that render TID 1500 only as a tree,
-or not at all, still show these as text. The document title is LOINC
-24627-2 "CT Chest Report" (CID 7000); the observer is the same device as in
-the TID 1500 report.
+Content tree (PS3.16 TID 2000, every container SEPARATE so that section
+headings and item names show in a viewer)::
+
+    Diagnostic Imaging Report (LOINC 18748-4, CID 7000)
+      language (TID 1204), the agent as device observer (TID 1001/1004)
+      Impressions          Impression: echocardiography recommended or not, for which
+                           findings, each with probability and threshold
+      Findings             Finding: one item per task, present first, then absent,
+                           then not assessed
+      Recommendations      Recommendation: transthoracic echocardiography or none
+      Current Procedure    Procedure Description: one statement of method, model
+        Descriptions       version and limits
+
+Section headings are CID 7001 concepts, items TID 2002 TEXT items named from
+CID 7002 (:mod:`agent.report.codes` says why these codes). The text comes from
+the Jinja2 template ``templates/report.txt.j2``: one block per section, one
+paragraph per content item.
 """
 
 from __future__ import annotations
@@ -18,16 +29,19 @@ from typing import Any
 import highdicom as hd
 import jinja2
 from pydicom.dataset import Dataset
+from pydicom.sr.coding import Code
 
 from agent.report import codes as rc
 from agent.report.inputs import Findings, ModelIdentity
-from agent.report.referral import RULE_TEXT, referral
+from agent.report.referral import referral, unassessed_referral_tasks
 from agent.report.sr import (
     DEMO_MARK,
     NOT_VERIFIED,
     device_observer,
     document_attributes,
     prepare_source,
+    readable_probability,
+    separate_containers,
     set_device_uid,
 )
 from agent.report.uids import ReportUIDs
@@ -35,6 +49,14 @@ from agent.resources import templates_dir
 from hyperct_core.tasks import task_by_name
 
 TEMPLATE_NAME = "report.txt.j2"
+
+#: Template block -> (section heading, item concept), in the order a reader meets them.
+SECTIONS: dict[str, tuple[Code, Code]] = {
+    "impression": (rc.IMPRESSIONS, rc.IMPRESSION),
+    "findings": (rc.FINDINGS, rc.FINDING),
+    "recommendations": (rc.RECOMMENDATIONS, rc.RECOMMENDATION),
+    "method": (rc.CURRENT_PROCEDURE_DESCRIPTIONS, rc.PROCEDURE_DESCRIPTION),
+}
 
 
 @cache
@@ -47,43 +69,52 @@ def _environment() -> jinja2.Environment:
     )
 
 
-def _context(findings: Findings, model: ModelIdentity) -> dict[str, Any]:
-    rows = [
-        {
-            "task": t,
-            "display": task_by_name(t).display_name,
-            "probability": findings.probability(t),
-            "threshold": findings.thresholds[t],
-            "present": findings.is_present(t),
-        }
-        for t in findings.task_names
-    ]
+def _row(findings: Findings, task: str) -> dict[str, Any]:
     return {
-        "rows": rows,
-        "triggering": [task_by_name(t).display_name for t in referral(findings)],
-        "referral": [
-            {"display": task_by_name(t).display_name, "threshold": findings.thresholds[t]}
-            for t in findings.task_names
-            if t in set(findings.referral_tasks)
+        "task": task,
+        "display": task_by_name(task).display_name,
+        "probability": readable_probability(findings.probability(task)),
+        "threshold": (
+            readable_probability(findings.thresholds[task]) if findings.is_assessed(task) else None
+        ),
+        "status": findings.status(task),
+    }
+
+
+def _context(findings: Findings, model: ModelIdentity) -> dict[str, Any]:
+    rows = [_row(findings, t) for t in findings.task_names]
+    return {
+        "present": [r for r in rows if r["status"] == "present"],
+        "absent": [r for r in rows if r["status"] == "absent"],
+        "not_assessed": [r for r in rows if r["status"] == "not assessed"],
+        "triggering": [_row(findings, t) for t in referral(findings)],
+        "referral": [_row(findings, t) for t in findings.assessed_referral_tasks],
+        "referral_unassessed": [
+            task_by_name(t).display_name for t in unassessed_referral_tasks(findings)
         ],
         "model_name": model.name,
         "model_version": model.version,
         "is_demo": model.is_demo,
         "demo_mark": DEMO_MARK,
         "not_verified": NOT_VERIFIED,
-        "rule_text": RULE_TEXT,
     }
+
+
+def report_items(findings: Findings, model: ModelIdentity) -> dict[str, list[str]]:
+    """The TEXT items of each section, keyed by template block (:data:`SECTIONS`)."""
+    template = _environment().get_template(TEMPLATE_NAME)
+    context = template.new_context(_context(findings, model))
+    items = {}
+    for name in SECTIONS:
+        text = "".join(template.blocks[name](context))
+        paragraphs = (" ".join(p.split()) for p in text.split("\n\n"))
+        items[name] = [p for p in paragraphs if p]
+    return items
 
 
 def render_sections(findings: Findings, model: ModelIdentity) -> dict[str, str]:
-    """The text of each template block: ``{"findings": ..., "recommendations": ...}``."""
-    template = _environment().get_template(TEMPLATE_NAME)
-    context = template.new_context(_context(findings, model))
-    return {
-        name: "".join(block(context)).strip() + "\n"
-        for name, block in template.blocks.items()
-        if name in ("findings", "recommendations")
-    }
+    """Each section as plain text, one item per line (for logs, e-mail, summaries)."""
+    return {name: "\n".join(lines) + "\n" for name, lines in report_items(findings, model).items()}
 
 
 def text_report(
@@ -96,20 +127,26 @@ def text_report(
     instance_number: int = 2,
     created: datetime.datetime | None = None,
 ) -> hd.sr.ComprehensiveSR:
-    """The text SR of one screened series, in the same series as its TID 1500 report."""
-    sections = render_sections(findings, model)
-    root = hd.sr.ContainerContentItem(name=rc.CT_CHEST_REPORT)
-    # ObservationContext is a highdicom Template: a list of content items.
-    items: list[hd.sr.ContentItem] = [*device_observer(model)]
-    items.append(
-        hd.sr.TextContentItem(rc.FINDINGS, sections["findings"], relationship_type="CONTAINS")
+    """The readable SR of one screened series, in the same series as its TID 1500 report."""
+    root = hd.sr.ContainerContentItem(
+        name=rc.REPORT_TITLE, is_content_continuous=False, template_id="2000"
     )
-    items.append(
-        hd.sr.TextContentItem(
-            rc.RECOMMENDATIONS, sections["recommendations"], relationship_type="CONTAINS"
+    # Language and ObservationContext are highdicom Templates: lists of content items.
+    items: list[hd.sr.ContentItem] = [
+        *hd.sr.LanguageOfContentItemAndDescendants(hd.sr.templates.DEFAULT_LANGUAGE),
+        *device_observer(model),
+    ]
+    for name, lines in report_items(findings, model).items():
+        heading, concept = SECTIONS[name]
+        section = hd.sr.ContainerContentItem(
+            name=heading, is_content_continuous=False, relationship_type="CONTAINS"
         )
-    )
+        section.ContentSequence = hd.sr.ContentSequence(
+            [hd.sr.TextContentItem(concept, line, relationship_type="CONTAINS") for line in lines]
+        )
+        items.append(section)
     root.ContentSequence = hd.sr.ContentSequence(items)
+    separate_containers(root)
     document = hd.sr.ComprehensiveSR(
         evidence=prepare_source(source),
         content=root,

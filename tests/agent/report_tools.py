@@ -1,4 +1,4 @@
-"""Helpers for the report tests: external validators and a reader of our TID 1500 SR.
+"""Helpers for the report tests: external validators, a viewer's rendering, and a reader.
 
 The reader goes through highdicom's parsed content tree (``srread``), not
 through the builder's own objects, so a test that uses it checks what a
@@ -7,7 +7,9 @@ receiving system would find in the file.
 
 from __future__ import annotations
 
+import html
 import os
+import re
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,8 +51,69 @@ def dciodvfy(path: Path) -> Dciodvfy:
 def dsrdump(path: Path) -> tuple[int, str]:
     """Run DCMTK's dsrdump; return its exit status and combined output."""
     exe = tool("/usr/bin/dsrdump", "dcmtk")
-    proc = subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=60)
+    env = {**os.environ, "TCP_NODELAY": "1"}
+    proc = subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=60, env=env)
     return proc.returncode, proc.stdout + proc.stderr
+
+
+def dsr2html(path: Path) -> str:
+    """What a reader sees of an SR rendered by DCMTK's dsr2html: the page's text, in order.
+
+    Tags are dropped, entities decoded and whitespace folded to single spaces,
+    so a test can look for phrases and their order the way a reader meets them.
+    """
+    exe = tool("/usr/bin/dsr2html", "dcmtk")
+    env = {**os.environ, "TCP_NODELAY": "1"}
+    proc = subprocess.run(
+        [exe, str(path)], capture_output=True, text=True, timeout=60, env=env, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    text = re.sub(r"<[^>]+>", " ", proc.stdout)
+    return " ".join(html.unescape(text).split())
+
+
+# XPath limits the JDK imposes by default are too small for PixelMed's compiled templates.
+_JAVA_XPATH_LIMITS = (
+    "-Djdk.xml.xpathExprOpLimit=0 -Djdk.xml.xpathExprGrpLimit=0 -Djdk.xml.xpathTotalOpLimit=0"
+)
+
+#: PixelMed 20220618 (Debian's pixelmed-apps) has TID 1501 without the row for
+#: qualitative evaluations (a CODE item directly in the Measurement Group, which
+#: highdicom's QualitativeEvaluation writes and PS3.16 TID 1501 defines), so it
+#: warns "Content Item not in template" for each Present/Absent and for the
+#: referral group's Recommended Follow-up. These and only these are expected.
+QUALITATIVE_ROW_WARNING = re.compile(
+    r'^Warning: [0-9.]+: /CONTAINER \(126000,DCM,"Imaging Measurement Report"\)'
+    r'/CONTAINER \(126010,DCM,"Imaging Measurements"\)'
+    r'/CONTAINER \(125007,DCM,"Measurement Group"\)'
+    r"/CODE \([^/]*\): Content Item not in template$"
+)
+
+
+@dataclass
+class PixelMed:
+    errors: list[str]
+    warnings: list[str]
+
+
+def pixelmed_validate(path: Path) -> PixelMed:
+    """Run PixelMed's DicomSRValidator (IOD and template checks) on one SR."""
+    jar = tool("/usr/share/java/pixelmed.jar", "pixelmed-apps")
+    java = tool("/usr/bin/java", "pixelmed-apps")
+    env = {**os.environ, "JAVA_TOOL_OPTIONS": _JAVA_XPATH_LIMITS}
+    proc = subprocess.run(
+        [java, "-cp", jar, "com.pixelmed.validate.DicomSRValidator", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        check=False,
+    )
+    lines = (proc.stdout + proc.stderr).splitlines()
+    assert any(ln.startswith("Root Template Validation Complete") for ln in lines), lines[-5:]
+    errors = [ln for ln in lines if ln.startswith("Error")]
+    warnings = [ln for ln in lines if ln.startswith("Warning")]
+    return PixelMed(errors, warnings)
 
 
 @dataclass

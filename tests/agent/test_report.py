@@ -1,8 +1,9 @@
-"""Reports for PACS (agent.report): TID 1500 SR and text SR, checked as a receiver would.
+"""Reports for PACS (agent.report): TID 1500 SR and readable SR, checked as a receiver would.
 
 Each SR is written as a Part 10 file and judged by dicom3tools' dciodvfy,
-DCMTK's dsrdump and highdicom's reader; nothing here trusts the builder's own
-objects for what ended up in the file.
+PixelMed's DicomSRValidator, DCMTK's dsrdump and dsr2html (what a viewer
+shows) and highdicom's reader; nothing here trusts the builder's own objects
+for what ended up in the file.
 """
 
 from __future__ import annotations
@@ -34,7 +35,15 @@ from agent.report.codes import (
 from agent.report.sr import DEMO_MARK
 from hyperct_core.checkpoint import ModelCard
 from hyperct_core.tasks import NUM_TASKS, TASK_NAMES, TASKS, task_by_name
-from tests.agent.report_tools import dciodvfy, dsrdump, parse_measurement_report, walk
+from tests.agent.report_tools import (
+    QUALITATIVE_ROW_WARNING,
+    dciodvfy,
+    dsr2html,
+    dsrdump,
+    parse_measurement_report,
+    pixelmed_validate,
+    walk,
+)
 from tests.support.ct_series import ct_series, write_series
 
 # Distinct per-task thresholds, so a test cannot pass by assuming one threshold for all.
@@ -44,14 +53,25 @@ UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 STANDARD_SCHEMES = {"DCM", "SCT", "LN", "UCUM", "RFC5646"}
 
 
-def make_model(*, is_demo: bool = True, version: str = "1.2.0", weights: str = WEIGHTS):
+def make_model(
+    *,
+    is_demo: bool = True,
+    version: str = "1.2.0",
+    weights: str = WEIGHTS,
+    thresholds: dict[str, float] | None = None,
+):
     return ModelIdentity(
         name="hyperct-test",
         version=version,
         weights_sha256=weights,
         is_demo=is_demo,
-        thresholds=CARD_THRESHOLDS,
+        thresholds=CARD_THRESHOLDS if thresholds is None else thresholds,
     )
+
+
+# A card with operating points for all but these tasks (two of them referral tasks).
+UNASSESSED = ("pulmonary_hypertension", "ventricular_enlargement", "lung_nodule")
+PARTIAL_THRESHOLDS = {k: v for k, v in CARD_THRESHOLDS.items() if k not in UNASSESSED}
 
 
 def probabilities(low: float = 0.05, **high: float) -> list[float]:
@@ -143,6 +163,11 @@ def test_highdicom_reads_back_all_25_probabilities(source, tmp_path):
         assert group.algorithm_version == "1.2.0"
         assert f"task={name}" in group.algorithm_parameters
     assert len({g.tracking_uid for g in parsed.by_task.values()}) == NUM_TASKS
+    # What a renderer prints is Numeric Value: 3 decimals; the float keeps full precision.
+    ds = pydicom.dcmread(sr_path)
+    shown = [d.NumericValue for d in walk(ds) if "NumericValue" in d]
+    assert len(shown) == NUM_TASKS
+    assert all(re.fullmatch(r"[01]\.[0-9]{3}", str(v.original_string)) for v in shown), shown
 
 
 def test_present_absent_follows_threshold_in_force(source, tmp_path):
@@ -224,8 +249,8 @@ def test_site_referral_tasks_replace_the_cards(source, tmp_path):
     )
     assert referral(findings) == ["cardiomegaly"]
     sections = render_sections(findings, model)
-    assert "Triggered by: Cardiomegaly." in sections["recommendations"]
-    assert "Reduced LV systolic function (" not in sections["recommendations"]
+    assert "Triggered by: Cardiomegaly (probability 0.990" in sections["impression"]
+    assert "Reduced LV systolic function" not in sections["impression"]
 
 
 def test_referral_rule_ignores_tasks_outside_the_list_and_counts_ties():
@@ -364,7 +389,7 @@ def test_demo_model_is_marked_in_text_and_algorithm_identification(source, tmp_p
         assert len(task_names) == 1
         assert (DEMO_MARK in task_names.pop()) is is_demo
         text = pydicom.dcmread(text_path)
-        body = "\n".join(i.TextValue for i in text.ContentSequence if i.ValueType == "TEXT")
+        body = "\n".join(i.TextValue for i in walk(text) if i.get("ValueType") == "TEXT")
         assert (DEMO_MARK in body) is is_demo
         assert (DEMO_MARK in text.SeriesDescription) is is_demo
         assert len(text.SeriesDescription) <= 64
@@ -374,45 +399,73 @@ def test_demo_model_is_marked_in_text_and_algorithm_identification(source, tmp_p
 # --- the text report ----------------------------------------------------------------------
 
 
-def test_text_report_has_findings_table_and_recommendation(source, tmp_path):
+def _sections(ds: Dataset) -> list[tuple[str, list[tuple[str, str]]]]:
+    """(heading, [(item concept, text), ...]) of each section of the readable SR, in order."""
+    return [
+        (
+            item.ConceptNameCodeSequence[0].CodeMeaning,
+            [(t.ConceptNameCodeSequence[0].CodeMeaning, t.TextValue) for t in item.ContentSequence],
+        )
+        for item in ds.ContentSequence
+        if item.ValueType == "CONTAINER"
+    ]
+
+
+def test_readable_report_is_tid_2000_with_impression_first(source, tmp_path):
     model = make_model(is_demo=False)
     probs = probabilities(0.01, pulmonary_hypertension=0.93, emphysema=0.61)
     findings = Findings.from_model(probs, model)
     _, text_path = build_and_write(source, findings, model, tmp_path)
     ds = pydicom.dcmread(text_path)
     assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.33"
-    assert ds.ConceptNameCodeSequence[0].CodeValue == "24627-2"
-    sections = {
-        i.ConceptNameCodeSequence[0].CodeMeaning: i.TextValue
-        for i in ds.ContentSequence
-        if i.ValueType == "TEXT" and i.RelationshipType == "CONTAINS"
-    }
-    assert set(sections) == {"Findings", "Recommendations"}
-    table = sections["Findings"]
-    rows = {}
-    for task in TASKS:
-        line = next(ln for ln in table.splitlines() if ln.startswith(task.display_name + " "))
-        *_, prob, thr, result = line.split()
-        rows[task.name] = (float(prob), float(thr), result)
-    for name, p in zip(TASK_NAMES, probs, strict=True):
-        assert rows[name][0] == pytest.approx(p, abs=5e-4)
-        assert rows[name][1] == pytest.approx(CARD_THRESHOLDS[name], abs=5e-4)
-        assert rows[name][2] == ("Present" if p >= CARD_THRESHOLDS[name] else "Absent")
-    assert "Model: hyperct-test 1.2.0" in table
-    assert "not verified by a physician" in table
-    rec = sections["Recommendations"]
-    assert "Transthoracic echocardiography is recommended." in rec
-    assert "Triggered by: Pulmonary hypertension." in rec
-    assert "Rule:" in rec and "not verified by a physician" in rec
+    template = ds.ContentTemplateSequence[0]
+    assert (template.MappingResource, template.TemplateIdentifier) == ("DCMR", "2000")
+    containers = [d for d in walk(ds) if d.get("ValueType") == "CONTAINER"]
+    assert ds.ContinuityOfContent == "SEPARATE"
+    assert {c.ContinuityOfContent for c in containers} == {"SEPARATE"}
+
+    sections = _sections(ds)
+    assert [h for h, _ in sections] == [
+        "Impressions",
+        "Findings",
+        "Recommendations",
+        "Current Procedure Descriptions",
+    ]
+    impression, found, recommendation, method = (items for _, items in sections)
+    assert {c for c, _ in impression} == {"Impression"}
+    assert impression[0][1] == (
+        "Echocardiography recommended. Triggered by: Pulmonary hypertension "
+        "(probability 0.930, threshold 0.340)."
+    )
+    # One item per finding, positives first, each with its probability and threshold.
+    assert {c for c, _ in found} == {"Finding"}
+    assert len(found) == NUM_TASKS
+    texts = [t for _, t in found]
+    assert texts[:2] == [
+        "Pulmonary hypertension: present (probability 0.930, threshold 0.340).",
+        "Emphysema: present (probability 0.610, threshold 0.580).",
+    ]
+    for task, p in zip(TASK_NAMES, probs, strict=True):
+        state = "present" if p >= CARD_THRESHOLDS[task] else "absent"
+        line = f"{task_by_name(task).display_name}: {state} (probability {p:.3f}, "
+        assert sum(t.startswith(line) for t in texts) == 1, task
+    assert recommendation == [("Recommendation", "Transthoracic echocardiography.")]
+    assert len(method) == 1
+    statement = method[0][1]
+    assert "hyperct-test 1.2.0" in statement and "not verified by a physician" in statement
     for task in DEFAULT_REFERRAL_TASKS:
-        assert task_by_name(task).display_name in rec
+        assert task_by_name(task).display_name in statement
+    # The disclaimer is said once in the whole document.
+    everything = " ".join(t for _, items in sections for _, t in items)
+    assert everything.count("not verified by a physician") == 1
 
 
-def test_text_report_says_when_no_referral(source):
+def test_readable_report_says_when_no_referral(source):
     model = make_model(is_demo=False)
     sections = render_sections(Findings.from_model(probabilities(), model), model)
-    assert "No echocardiography referral" in sections["recommendations"]
-    assert "Triggered by" not in sections["recommendations"]
+    assert sections["impression"].startswith("No echocardiography referral")
+    assert "Triggered by" not in sections["impression"]
+    assert sections["recommendations"] == "No echocardiography referral from this screening.\n"
 
 
 def test_text_report_can_be_left_out(source):
@@ -488,8 +541,9 @@ def test_findings_refuse_unknown_or_missing_tasks():
     model = make_model()
     with pytest.raises(ReportInputError, match="unknown task 'echo'"):
         Findings.from_model(probabilities(), model, referral_tasks=["echo"])
-    with pytest.raises(ReportInputError, match="no threshold for task"):
-        Findings(TASK_NAMES, tuple(probabilities()), {"emphysema": 0.5}, ())
+    # A task without a threshold is not an error: it is not assessed.
+    only = Findings(TASK_NAMES, tuple(probabilities(0.9)), {"emphysema": 0.5}, ())
+    assert [only.status(t) for t in ("emphysema", "cardiomegaly")] == ["present", "not assessed"]
     with pytest.raises(ReportInputError, match="index order"):
         Findings(tuple(reversed(TASK_NAMES)), tuple(probabilities()), CARD_THRESHOLDS, ())
     with pytest.raises(ReportInputError, match="threshold of 'emphysema'"):
@@ -539,3 +593,194 @@ def test_write_reports_is_idempotent(source, tmp_path):
     assert first == again
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in first)
     assert [pydicom.dcmread(p).SOPInstanceUID for p in first] == [r.SOPInstanceUID for r in reports]
+
+
+# --- tasks without an operating point ------------------------------------------------------
+
+
+def test_tasks_without_operating_point_are_not_assessed(source, tmp_path):
+    model = make_model(is_demo=False, thresholds=PARTIAL_THRESHOLDS)
+    # High probabilities on the unassessed tasks: still neither Present nor Absent,
+    # and the unassessed referral task cannot fire the rule.
+    probs = probabilities(0.05, pulmonary_hypertension=0.99, lung_nodule=0.99)
+    findings = Findings.from_model(
+        probs, model, threshold_overrides={"ventricular_enlargement": 0.1}
+    )
+    assert [findings.status(t) for t in UNASSESSED] == ["not assessed"] * 3
+    assert referral(findings) == []
+    sr_path, text_path = build_and_write(source, findings, model, tmp_path)
+
+    parsed = parse_measurement_report(sr_path)
+    assert parsed.referral is None
+    for task, group in parsed.by_task.items():
+        values = [v.meaning for c, v in group.evaluations]
+        if task in UNASSESSED:
+            assert values == ["Undetermined"], task
+            assert any("not assessed" in p for p in group.algorithm_parameters)
+        else:
+            assert values in (["Present"], ["Absent"]), task
+
+    sections = dict(_sections(pydicom.dcmread(text_path)))
+    found = [t for _, t in sections["Findings"]]
+    unassessed = [t for t in found if "not assessed" in t]
+    assert len(unassessed) == len(UNASSESSED)
+    assert found[-len(UNASSESSED) :] == unassessed  # after the assessed findings
+    for task in UNASSESSED:
+        name = task_by_name(task).display_name
+        assert [t for t in found if t.startswith(name + ":")] == [
+            f"{name}: not assessed (no validated operating point for this finding)."
+        ]
+    impression = " ".join(t for _, t in sections["Impressions"])
+    assert impression.startswith("No echocardiography referral")
+    assert "Not assessed for the referral (no validated operating point): " in impression
+    assert "Pulmonary hypertension, Ventricular enlargement." in impression
+
+
+def test_pipeline_rule_in_force_keeps_unassessed_tasks_unassessed():
+    """``[referral.thresholds]`` moves an assessed task's threshold, never assesses a new one."""
+    from agent.config import Settings
+    from agent.pipeline.screen import findings_for
+
+    model = make_model(thresholds=PARTIAL_THRESHOLDS)
+    card = _card(PARTIAL_THRESHOLDS)
+    settings = Settings.model_validate(
+        {"referral": {"thresholds": {"pulmonary_hypertension": 0.1, "cardiomegaly": 0.9}}}
+    )
+    findings = findings_for(probabilities(0.5), card, model, settings)
+    assert findings.status("pulmonary_hypertension") == "not assessed"
+    assert findings.thresholds["cardiomegaly"] == 0.9
+    assert findings.status("cardiomegaly") == "absent"
+    assert set(findings.thresholds) == set(PARTIAL_THRESHOLDS)
+
+
+def test_referral_not_assessed_when_no_referral_task_has_an_operating_point():
+    model = make_model(thresholds={"cardiomegaly": 0.3})
+    findings = Findings.from_model(probabilities(0.99), model)
+    assert referral(findings) == []
+    sections = render_sections(findings, model)
+    assert (
+        sections["impression"].splitlines()[-1].startswith("Echocardiography referral not assessed")
+    )
+    assert "absent" not in sections["findings"]
+
+
+def _card(thresholds, extra=None) -> ModelCard:
+    return ModelCard(
+        name="hyperct-x",
+        version="2.0",
+        tasks=list(TASK_NAMES),
+        model={},
+        preprocessing={},
+        backbone={},
+        thresholds=thresholds,
+        training_data={},
+        validated=True,
+        extra=extra or {},
+    )
+
+
+def test_operating_points_come_from_the_card_as_it_is_written():
+    # A missing or null threshold: no operating point.
+    partial = {**PARTIAL_THRESHOLDS, "lung_nodule": None}
+    identity = ModelIdentity.from_card(_card(partial), WEIGHTS)
+    assert set(identity.thresholds) == set(TASK_NAMES) - set(UNASSESSED)
+    # `model evaluate --write-thresholds` records which thresholds it chose; the
+    # card's other thresholds are placeholders, and an entry may say validated: false.
+    chosen = {"cardiomegaly": {"threshold": 0.48}, "emphysema": {"validated": False}}
+    card = _card(CARD_THRESHOLDS, {"operating_points": {"tasks": chosen}})
+    assert dict(ModelIdentity.from_card(card, WEIGHTS).thresholds) == {
+        "cardiomegaly": CARD_THRESHOLDS["cardiomegaly"]
+    }
+
+
+def test_demo_card_assesses_only_its_evaluated_tasks():
+    import json
+
+    from hyperct_core.demo import demo_checkpoint_path
+
+    data = json.loads((demo_checkpoint_path() / "card.json").read_text())
+    card = _card(data["thresholds"], data["extra"])
+    assessed = set(ModelIdentity.from_card(card, WEIGHTS).thresholds)
+    assert assessed == set(data["extra"]["operating_points"]["tasks"])
+    assert assessed < set(TASK_NAMES)
+
+
+# --- as a viewer shows them ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def viewer_case(source, tmp_path_factory) -> tuple[Findings, list[Path]]:
+    """A demo-model report where the rule fires and three tasks are not assessed.
+
+    Probabilities with many digits, so a renderer that shows them unrounded is caught.
+    """
+    model = make_model(thresholds=PARTIAL_THRESHOLDS)
+    probs = probabilities(
+        0.0385270643234312,
+        reduced_lv_systolic_function=0.35852706432343,
+        cardiomegaly=0.8123456789012,
+        pulmonary_hypertension=0.97,
+    )
+    findings = Findings.from_model(probs, model)
+    return findings, build_and_write(source, findings, model, tmp_path_factory.mktemp("viewer"))
+
+
+def _no_long_numbers(page: str) -> None:
+    long = re.findall(r"\b0\.[0-9]{4,}", page)
+    assert long == [], long[:5]
+
+
+@pytest.mark.dcmtk
+def test_readable_report_in_a_viewer_puts_the_conclusion_first(viewer_case):
+    _, (_, text_path) = viewer_case
+    page = dsr2html(text_path)
+    order = [
+        "Impressions",
+        "Echocardiography recommended. Triggered by: Reduced LV systolic function "
+        "(probability 0.359, threshold 0.320)",
+        "Findings",
+        "Reduced LV systolic function: present",
+        "Cardiomegaly: present (probability 0.812, threshold 0.480)",
+        "Emphysema: absent (probability 0.039, threshold 0.580)",
+        "Pulmonary hypertension: not assessed",
+        "Recommendations",
+        "Recommendation: Transthoracic echocardiography.",
+        "Current Procedure Descriptions",
+    ]
+    positions = [page.find(phrase) for phrase in order]
+    assert -1 not in positions, [p for p, at in zip(order, positions, strict=True) if at < 0]
+    assert positions == sorted(positions)
+    assert page.count("not verified by a physician") == 1
+    assert "Absent" not in page.replace("absent (", "")  # lower-case items only
+    _no_long_numbers(page)
+
+
+@pytest.mark.dcmtk
+def test_measurement_report_in_a_viewer_names_every_value(viewer_case):
+    _, (sr_path, _) = viewer_case
+    page = dsr2html(sr_path)
+    assert "Procedure reported = CT unspecified body region" in page
+    assert "echocardiography Present" not in page
+    assert "Recommended Follow-up: Transthoracic echocardiography" in page
+    # The referral comes first, with the triggering finding named under it.
+    referral = page.index('Tracking Identifier = "Echocardiography referral"')
+    first_task = page.index('Tracking Identifier = "Reduced RV systolic function"')
+    assert referral < page.index("Recommended Follow-up") < first_task
+    assert "Depression of left ventricular systolic function: Present" in page[referral:first_task]
+    assert "Probability: 0.359 1" in page and "Probability: 0.812 1" in page
+    assert page.count("Undetermined") == len(UNASSESSED)
+    _no_long_numbers(page)
+
+
+def test_pixelmed_finds_no_errors(viewer_case):
+    """PixelMed's DicomSRValidator: 0 errors on both SRs, and no unexplained warning."""
+    _, (sr_path, text_path) = viewer_case
+    assert [dciodvfy(p).errors for p in (sr_path, text_path)] == [[], []]
+    measurement = pixelmed_validate(sr_path)
+    assert measurement.errors == [], measurement.errors
+    unexplained = [w for w in measurement.warnings if not QUALITATIVE_ROW_WARNING.match(w)]
+    assert unexplained == [], unexplained[:5]
+    # One per task's Present/Absent/Undetermined, plus the referral group's two items.
+    assert len(measurement.warnings) == NUM_TASKS + 2
+    readable = pixelmed_validate(text_path)
+    assert readable.errors == [] and readable.warnings == []

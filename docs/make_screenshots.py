@@ -1,0 +1,94 @@
+"""Regenerate the README's screenshots of the reports as a viewer renders them.
+
+A real screening, end to end on this machine: a synthetic chest CT (phantom with
+an enlarged heart and a pleural effusion, as in ``hyperct-agent demo``) is
+written as DICOM, preprocessed and screened by the committed demo model, and its
+two SRs are built exactly as the agent builds them. Each SR is rendered with
+DCMTK's ``dsr2html`` (how many viewers and PACS show SR) and photographed in
+headless Chromium::
+
+    python docs/make_screenshots.py            # writes docs/img/report-*.png
+
+Needs dcmtk and chromium (Debian packages). The images show a demo model on a
+phantom: the findings mean nothing clinically.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from pydicom import dcmread
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this checkout's agent, not another installed copy
+OUT = ROOT / "docs" / "img"
+WINDOW = "1000,1400"
+
+
+def screen_phantom(work: Path) -> list[Path]:
+    """Screen one phantom series with the demo model; return (TID 1500, readable) SR paths."""
+    from agent.config import Settings
+    from agent.pipeline.screen import findings_for
+    from agent.report import ModelIdentity, build_reports, write_reports
+    from hyperct_core import phantoms
+    from hyperct_core.checkpoint import file_sha256, resolve_checkpoint
+    from hyperct_core.demo import demo_checkpoint_path
+    from hyperct_core.inference import load_predictor
+    from hyperct_core.preprocess import preprocess_series
+
+    spec = phantoms.PhantomSpec(heart_scale=1.35, pleural_mm=18.0)
+    files = phantoms.write_dicom_series(
+        spec,
+        work / "ct",
+        rng=np.random.default_rng(7),
+        spacing=(2.5, 2.5, 2.5),
+        shape=(128, 128, 128),
+        patient_name="DEMO^PHANTOM",
+        patient_id="DEMO0001",
+    )
+    checkpoint = demo_checkpoint_path()
+    predictor = load_predictor(checkpoint, device="cpu")
+    volume = preprocess_series(files, predictor.card.preprocess_config())
+    probabilities = np.asarray(predictor.predict([volume]))[0]
+    weights, _ = resolve_checkpoint(checkpoint)
+    identity = ModelIdentity.from_card(predictor.card, file_sha256(weights))
+    findings = findings_for(probabilities, predictor.card, identity, Settings())
+    headers = [dcmread(p, stop_before_pixels=True) for p in files]
+    return write_reports(build_reports(headers, findings, identity, series_number=9901), work)
+
+
+def photograph(sr: Path, png: Path, work: Path) -> None:
+    env = {**os.environ, "TCP_NODELAY": "1"}
+    page = work / f"{png.stem}.html"
+    html = subprocess.run(["dsr2html", str(sr)], capture_output=True, text=True, env=env)
+    if html.returncode != 0:
+        sys.exit(f"dsr2html failed on {sr.name}: {html.stderr.strip()}")
+    page.write_text(html.stdout)
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        sys.exit("chromium is not installed")
+    subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+         f"--screenshot={png}", f"--window-size={WINDOW}", page.as_uri()],
+        check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+
+
+def main() -> None:
+    OUT.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        measurement, readable = screen_phantom(work)
+        photograph(readable, OUT / "report-readable.png", work)
+        photograph(measurement, OUT / "report-tid1500.png", work)
+    print(f"wrote {OUT / 'report-readable.png'} and {OUT / 'report-tid1500.png'}")
+
+
+if __name__ == "__main__":
+    main()
