@@ -135,6 +135,15 @@ def _problems(
     return curable, incurable
 
 
+#: Why a folder's series is judged without timers (``explain --dir``).
+FOLDER_FINAL = "a folder: no more instances will arrive (timers do not apply)"
+
+
+def forced_reason(settings: CompletenessSettings) -> str:
+    """The clause of a series recorded partial by the force timer."""
+    return f"no instance completed it within the force timer ({settings.force_seconds:g} s idle)"
+
+
 def judge_completeness(
     facts: SeriesFacts,
     settings: CompletenessSettings,
@@ -155,7 +164,7 @@ def judge_completeness(
 
     if final:
         idle = float("inf")
-        timer = "a folder: no more instances will arrive (timers do not apply)"
+        timer = FOLDER_FINAL
         idle_deadline = force_deadline = None
     else:
         assert facts.last_received_at is not None
@@ -184,15 +193,13 @@ def judge_completeness(
     if incurable:
         return Completeness(
             "partial",
-            [*incurable, *curable, f"more instances cannot make it regular; {timer}", summary],
+            [*incurable, *curable, "more instances cannot make it regular", summary],
             g,
         )
     if final or idle >= settings.force_seconds:
-        forced = (
-            timer
-            if final
-            else (f"forced after {idle:.0f} s idle (force timer {settings.force_seconds:g} s)")
-        )
+        # Without the measured idle time: a stored reason and a folder's reason
+        # for the same slices then read the same except for this one clause.
+        forced = timer if final else forced_reason(settings)
         return Completeness("partial", [*curable, forced, summary], g)
     return Completeness(
         "waiting",

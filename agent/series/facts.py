@@ -14,15 +14,16 @@ from __future__ import annotations
 
 import struct
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_file_meta_info
-from pydicom.uid import UID
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -181,16 +182,24 @@ def _tuple(values: Sequence[float] | None) -> tuple[float, ...] | None:
 
 @dataclass(frozen=True)
 class FolderFacts:
-    """The series found among some files, and the files that were not DICOM."""
+    """The series found among some files, and each file left out with the reason."""
 
     series: list[SeriesFacts]
+    # Reasons are generic (no file content), so files can be counted per reason.
     skipped: list[tuple[Path, str]]
+
+
+# Why a file is left out; the node's receive rules where one applies.
+NOT_DICOM = "not DICOM: no 'DICM' after a 128-byte preamble, and not a bare DICOM dataset"
+NO_PIXELS = "no Pixel Data (not an image)"
+TRUNCATED = "truncated: the file ends inside Pixel Data"
+COPY = "same SOP Instance UID as another file (counted once, as the node records it)"
 
 
 def facts_from_files(paths: Iterable[Path | str]) -> list[SeriesFacts]:
     """Facts of every series among ``paths`` (DICOM Part 10 files; others are ignored).
 
-    Headers only (pixel data is never read). Descriptive strings are cut to
+    Headers only (pixel data is never decoded). Descriptive strings are cut to
     the database's column widths so a folder and a stored series compare equal.
     Receive times are the files' modification times. See :func:`read_files`
     for the files that were skipped.
@@ -198,8 +207,16 @@ def facts_from_files(paths: Iterable[Path | str]) -> list[SeriesFacts]:
     return read_files(paths).series
 
 
-def read_files(paths: Iterable[Path | str]) -> FolderFacts:
-    """Like :func:`facts_from_files`, also naming each file skipped and why."""
+def read_files(
+    paths: Iterable[Path | str], sop_classes: Collection[str] | None = None
+) -> FolderFacts:
+    """Like :func:`facts_from_files`, also naming each file skipped and why.
+
+    A file is judged as the node judges a received instance: its header by
+    :func:`~agent.node.header.read_header`, its SOP Class against
+    ``sop_classes`` (the node's accepted classes; None accepts any), and it
+    must carry Pixel Data that the file holds whole.
+    """
     by_series: dict[str, list[tuple[InstanceHeader, datetime]]] = defaultdict(list)
     skipped: list[tuple[Path, str]] = []
     seen: set[str] = set()
@@ -207,11 +224,26 @@ def read_files(paths: Iterable[Path | str]) -> FolderFacts:
         path = Path(raw)
         try:
             header = read_part10_header(path)
+            problem = _pixel_data_problem(path)
             mtime = datetime.fromtimestamp(path.stat().st_mtime, UTC)
-        except (OSError, UnreadableHeader, InvalidIdentifier, InvalidDicomError) as exc:
-            skipped.append((path, str(exc) or type(exc).__name__))
+        except OSError as exc:
+            skipped.append((path, f"cannot be read ({exc.strerror or type(exc).__name__})"))
             continue
-        if header.sop_instance_uid in seen:  # a copy: the node records it once
+        except InvalidDicomError:
+            skipped.append((path, NOT_DICOM))
+            continue
+        except (UnreadableHeader, InvalidIdentifier) as exc:
+            skipped.append((path, f"header: {exc}"))
+            continue
+        if sop_classes is not None and header.sop_class_uid not in sop_classes:
+            name = UID(header.sop_class_uid).name
+            skipped.append((path, f"SOP Class {header.sop_class_uid} ({name}) is not accepted"))
+            continue
+        if problem is not None:
+            skipped.append((path, problem))
+            continue
+        if header.sop_instance_uid in seen:
+            skipped.append((path, COPY))
             continue
         seen.add(header.sop_instance_uid)
         by_series[header.series_instance_uid].append((header, mtime))
@@ -220,19 +252,27 @@ def read_files(paths: Iterable[Path | str]) -> FolderFacts:
     return FolderFacts(series, skipped)
 
 
-def read_folder(folder: Path) -> FolderFacts:
+def read_folder(folder: Path, sop_classes: Collection[str] | None = None) -> FolderFacts:
     """Every regular file under ``folder``, recursively, in name order."""
-    return read_files(sorted(p for p in folder.rglob("*") if p.is_file()))
+    return read_files(sorted(p for p in folder.rglob("*") if p.is_file()), sop_classes)
 
 
 def read_part10_header(path: Path) -> InstanceHeader:
-    """The node's header reading applied to a Part 10 file (PS3.10 7.1).
+    """The node's header reading applied to a file (PS3.10 7.1).
 
     The dataset after the File Meta Information goes through
     :func:`~agent.node.header.read_header` exactly as a received C-STORE
-    dataset does, in the file's transfer syntax.
+    dataset does, in the file's transfer syntax. A file without the preamble
+    and ``DICM`` may still be a bare dataset (as some archives write them):
+    it is read in Implicit, then Explicit VR Little Endian. Raises
+    InvalidDicomError when it is neither.
     """
-    meta = read_file_meta_info(path)  # raises InvalidDicomError without 'DICM'
+    with path.open("rb") as fp:
+        fp.seek(128)
+        if fp.read(4) != b"DICM":
+            fp.seek(0)
+            return _bare_dataset_header(fp.read())
+    meta = read_file_meta_info(path)
     ts = meta.get("TransferSyntaxUID")
     if not ts:
         raise UnreadableHeader("no Transfer Syntax UID in the file meta information")
@@ -246,6 +286,42 @@ def read_part10_header(path: Path) -> InstanceHeader:
         fp.seek(144 + group_length)
         dataset = fp.read()
     return read_header(dataset, UID(str(ts)))
+
+
+def _bare_dataset_header(data: bytes) -> InstanceHeader:
+    # A dataset starts with a group 0008 element (PS3.5 7.1); text never does.
+    if len(data) < 8 or data[:2] != b"\x08\x00":
+        raise InvalidDicomError("no DICM prefix")
+    for syntax in (ImplicitVRLittleEndian, ExplicitVRLittleEndian):
+        try:
+            return read_header(data, syntax)
+        except (UnreadableHeader, InvalidIdentifier):
+            continue
+    raise InvalidDicomError("no DICM prefix and not a bare dataset")
+
+
+def _pixel_data_problem(path: Path) -> str | None:
+    """Why the file's Pixel Data is unusable, or None (PS3.5 7.1: value length and offset)."""
+    try:
+        ds = dcmread(path, defer_size=64, force=True)
+        elem = next(
+            (dict.__getitem__(ds._dict, t) for t in _PIXEL_TAGS if t in ds._dict),  # noqa: SLF001
+            None,
+        )
+    except Exception:  # pydicom raises many types on a file cut short
+        return TRUNCATED
+    if elem is None:
+        return NO_PIXELS
+    length = getattr(elem, "length", None)
+    tell = getattr(elem, "value_tell", None)
+    defined = length is not None and tell is not None and length != 0xFFFFFFFF
+    if defined and tell + length > path.stat().st_size:
+        return TRUNCATED
+    return None
+
+
+# Pixel Data, Float Pixel Data, Double Float Pixel Data (PS3.3 C.7.6.3).
+_PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)
 
 
 _FIT = {

@@ -13,6 +13,8 @@ from pydicom.uid import EnhancedCTImageStorage, generate_uid
 from agent.config import CompletenessSettings
 from agent.series.completeness import judge_completeness
 from agent.series.facts import (
+    COPY,
+    NOT_DICOM,
     SeriesFacts,
     SeriesNotFound,
     facts_from_db,
@@ -122,4 +124,4 @@ def test_files_that_are_not_dicom_or_repeat_an_instance_are_set_aside(tmp_path: 
     junk.write_text("not DICOM")
     found = read_files([*files, copy, junk])
     assert [f.instance_count for f in found.series] == [4]
-    assert [p for p, _ in found.skipped] == [junk]
+    assert found.skipped == [(copy, COPY), (junk, NOT_DICOM)]
