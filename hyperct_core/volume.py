@@ -60,7 +60,10 @@ DatasetOrPath = Dataset | str | os.PathLike[str]
 
 # Tolerances for header geometry, which scanners write as decimal strings (DS).
 _COSINE_TOL = 1e-3  # direction cosines that differ by less are the same orientation
-_DUPLICATE_MM = 0.01  # slices closer than this along the normal are duplicates
+# Slices closer than this along the normal share one position (positions are
+# decimal strings with a few decimals, PS3.5 6.2 DS); the agent's completeness
+# check uses the same value.
+DUPLICATE_MM = 0.01
 
 
 def parse_orientation(code: str) -> tuple[tuple[int, int], ...]:
@@ -215,16 +218,12 @@ def volume_from_datasets(
             )
 
     normal = np.cross(row_cos, col_cos)
+    frames = _drop_repeats(frames, [frame.position @ normal for frame in frames])
+    if len(frames) < 2:
+        raise PreprocessError("the series has 1 distinct image; a volume needs at least 2")
     along = np.array([frame.position @ normal for frame in frames])
     order = np.argsort(along, kind="stable")
     gaps = np.diff(along[order])
-    if gaps.min() < _DUPLICATE_MM:
-        k = int(gaps.argmin())
-        a, b = frames[order[k]], frames[order[k + 1]]
-        raise PreprocessError(
-            f"duplicate slice position: {a.label} and {b.label} both lie at "
-            f"{along[order[k]]:.3f} mm along the slice normal"
-        )
     gap = float(np.median(gaps))
     if np.abs(gaps - gap).max() > spacing_tolerance * gap:
         raise PreprocessError(
@@ -256,7 +255,55 @@ def volume_from_datasets(
     return HUVolume(_readonly(np.ascontiguousarray(array)), spacing, orientation)
 
 
+def same_images(datasets_or_paths: Sequence[DatasetOrPath]) -> bool:
+    """Whether single-frame CT images hold the same picture, in Hounsfield units.
+
+    Two instances at one slice position are one slice sent twice (for example
+    resent under a new SOP Instance UID) when this holds; otherwise they are
+    two different images and no volume can be built. The agent asks this of
+    the files at a shared position, :func:`volume_from_datasets` of its frames.
+
+    Raises:
+        PreprocessError: An image cannot be read or decoded.
+    """
+    datasets = [_load(item, i) for i, item in enumerate(datasets_or_paths)]
+    frames = [frame for i, ds in enumerate(datasets) for frame in _frames(ds, _label(ds, i))]
+    return all(_same_image(frames[0], frame) for frame in frames[1:])
+
+
 # --------------------------------------------------------------------------- internals
+
+
+def _same_image(a: _Frame, b: _Frame) -> bool:
+    if (a.rows, a.columns) != (b.rows, b.columns):
+        return False
+    if not np.allclose(a.orientation, b.orientation, atol=_COSINE_TOL):
+        return False
+    hu_a = a.pixels().astype(np.float64) * a.slope + a.intercept
+    hu_b = b.pixels().astype(np.float64) * b.slope + b.intercept
+    return bool(np.array_equal(hu_a, hu_b))
+
+
+def _drop_repeats(frames: list[_Frame], along: Sequence[float]) -> list[_Frame]:
+    """Frames without repeats: at a shared position, one copy of one image is kept.
+
+    Different images at one position cannot be ordered into a volume and are refused.
+    """
+    order = sorted(range(len(frames)), key=lambda i: along[i])
+    drop: set[int] = set()
+    kept = order[0]  # the first frame of the current run of shared positions
+    for prev, cur in itertools.pairwise(order):
+        if along[cur] - along[prev] >= DUPLICATE_MM:
+            kept = cur
+            continue
+        a, b = frames[kept], frames[cur]
+        if not _same_image(a, b):
+            raise PreprocessError(
+                f"duplicate slice position: {a.label} and {b.label} both lie at "
+                f"{along[kept]:.3f} mm along the slice normal and hold different images"
+            )
+        drop.add(cur)
+    return [frame for i, frame in enumerate(frames) if i not in drop]
 
 
 @dataclass(frozen=True)

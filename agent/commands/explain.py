@@ -91,7 +91,7 @@ def _from_database(uid: str, config: Path | None) -> tuple[list[Any], str | None
                 .where(Series.series_instance_uid == uid)
             )
             only_series = study_uid is not None
-            facts = study_facts_from_db(session, study_uid or uid)
+            facts = study_facts_from_db(session, study_uid or uid, runtime.settings.storage.root)
             if not facts:
                 raise AgentError(f"no series or study with UID {uid!r} in the database")
             jobs = {

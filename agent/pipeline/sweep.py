@@ -26,6 +26,7 @@ from agent.logs import get_logger
 from agent.series.decision import (
     CHOSEN_STATES,
     YIELDING_STATES,
+    Verdict,
     judge_series,
     place_in_study,
 )
@@ -67,7 +68,7 @@ class Sweeper:
         ).one_or_none()
         if job is None or job.state != JobState.RECEIVING:
             return 0  # another process has it, or decided it meanwhile
-        facts = facts_from_db(session, job.series_id)
+        facts = facts_from_db(session, job.series_id, self.settings.storage.root)
         verdict = judge_series(facts, self.settings.completeness, self.settings.eligibility, now)
         if verdict.state == "receiving":
             job.reason = "; ".join(verdict.reasons) or None
@@ -78,13 +79,17 @@ class Sweeper:
         if verdict.state == "skipped":
             self._set(job, JobState.SKIPPED, verdict.reasons, facts, now)
             return 0
-        return self._select(session, job, facts, now)
+        return self._select(session, job, facts, verdict, now)
 
-    def _select(self, session: Session, job: Job, facts: SeriesFacts, now: datetime) -> int:
+    def _select(
+        self, session: Session, job: Job, facts: SeriesFacts, verdict: Verdict, now: datetime
+    ) -> int:
         """Screen one series per study: this one, or one already chosen."""
         siblings = {
             f.series_instance_uid: f
-            for f in study_facts_from_db(session, facts.study_instance_uid)
+            for f in study_facts_from_db(
+                session, facts.study_instance_uid, self.settings.storage.root
+            )
             if f.series_instance_uid != facts.series_instance_uid
         }
         rows = session.execute(
@@ -94,6 +99,7 @@ class Sweeper:
         ).all()
         chosen_jobs = {uid: sibling for uid, sibling in rows}
         placement = place_in_study(
+            verdict,
             facts,
             {uid: siblings[uid] for uid in chosen_jobs},
             yielding=[uid for uid, j in chosen_jobs.items() if j.state in YIELDING],

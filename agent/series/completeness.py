@@ -8,7 +8,10 @@ slice positions must also form a regular stack:
 - spacing: every step between sorted positions is the median step within
   ``spacing_tolerance`` (as a fraction of the median);
 - no gaps: a step close to k times the median means k - 1 missing slices;
-- no two instances at one position, one orientation for all instances;
+- no two different images at one position (one slice sent twice, e.g. under
+  a new SOP Instance UID, is read once: see
+  :func:`~agent.series.facts.settle_repeats`), one orientation for all
+  instances;
 - coverage: the stack spans at least ``min_coverage_mm``.
 
 Problems more instances could cure (missing slices, short coverage) keep the
@@ -32,12 +35,13 @@ from typing import Literal
 
 from agent.config import CompletenessSettings
 from agent.series.facts import SeriesFacts
+from hyperct_core.volume import DUPLICATE_MM as VOLUME_DUPLICATE_MM
 
 CompletenessState = Literal["waiting", "complete", "partial"]
 
-# Steps shorter than this are two slices at one position (positions are written
-# with a few decimals, PS3.5 6.2 DS).
-DUPLICATE_MM = 0.01
+# Steps shorter than this are two slices at one position: the volume reader's
+# value, so the two never disagree on what a shared position is.
+DUPLICATE_MM = VOLUME_DUPLICATE_MM
 
 
 @dataclass(frozen=True)
@@ -91,7 +95,7 @@ def measure_geometry(facts: SeriesFacts, tolerance: float) -> Geometry:
         missing_slices=missing,
         duplicate_positions=len(steps) - len(distinct),
         irregular_steps=irregular,
-        unpositioned=max(facts.instance_count - len(positions), 0),
+        unpositioned=max(facts.instance_count - facts.repeated_images - len(positions), 0),
     )
 
 
@@ -119,7 +123,8 @@ def _problems(
         )
     if g.duplicate_positions:
         incurable.append(
-            f"{_n(g.duplicate_positions, 'instance')} at a position another instance holds"
+            f"{_n(g.duplicate_positions, 'instance')} at a position another instance holds, "
+            "not with the same image"
         )
     if g.irregular_steps:
         incurable.append(
@@ -142,6 +147,16 @@ FOLDER_FINAL = "a folder: no more instances will arrive (timers do not apply)"
 def forced_reason(settings: CompletenessSettings) -> str:
     """The clause of a series recorded partial by the force timer."""
     return f"no instance completed it within the force timer ({settings.force_seconds:g} s idle)"
+
+
+def repeats_note(facts: SeriesFacts) -> list[str]:
+    """The note on slices sent twice, which are read once (empty when there are none)."""
+    if not facts.repeated_images:
+        return []
+    return [
+        f"{_n(facts.repeated_images, 'instance')} repeat the image of another at the same "
+        "position (sent again under a new SOP Instance UID); each slice is read once"
+    ]
 
 
 def judge_completeness(
@@ -189,7 +204,9 @@ def judge_completeness(
     summary = describe_geometry(g)
     curable, incurable = _problems(facts, g, settings)
     if not curable and not incurable:
-        return Completeness("complete", [timer, f"regular stack: {summary}"], g)
+        return Completeness(
+            "complete", [timer, f"regular stack: {summary}", *repeats_note(facts)], g
+        )
     if incurable:
         return Completeness(
             "partial",

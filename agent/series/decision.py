@@ -21,7 +21,7 @@ from datetime import datetime
 from typing import Literal
 
 from agent.config import CompletenessSettings, EligibilitySettings
-from agent.series.completeness import Completeness, judge_completeness
+from agent.series.completeness import Completeness, judge_completeness, repeats_note
 from agent.series.eligibility import Eligibility, assess_eligibility
 from agent.series.facts import SeriesFacts
 from agent.series.selection import choose_series
@@ -69,7 +69,7 @@ def judge_series(
     if not e.eligible:
         failed = [f"{check.name}: {check.detail}" for check in e.failed]
         return Verdict("skipped", ["not eligible", *failed], c, e)
-    return Verdict("eligible", ["complete and eligible"], c, e)
+    return Verdict("eligible", ["complete and eligible", *repeats_note(facts)], c, e)
 
 
 @dataclass(frozen=True)
@@ -83,18 +83,19 @@ class Placement:
 
 
 def place_in_study(
+    verdict: Verdict,
     facts: SeriesFacts,
     chosen: Mapping[str, SeriesFacts],
     yielding: Collection[str],
 ) -> Placement:
-    """Queue ``facts`` or skip it, against the siblings already ``chosen`` for screening.
+    """Queue ``facts`` (judged ``eligible``) or skip it, against the siblings already chosen.
 
     ``chosen`` maps the study's other series already chosen (queued, screening,
     screened or failed) to their facts; ``yielding`` names those of them that
     are not screened yet and so give way to a better series.
     """
     if not chosen:
-        return Placement(True, ["complete and eligible"])
+        return Placement(True, list(verdict.reasons))
     selection = choose_series([facts, *chosen.values()])
     uid = facts.series_instance_uid
     if selection.chosen_uid != uid:
@@ -102,6 +103,4 @@ def place_in_study(
     displaced = {
         other: [selection.reasons.get(other, _ANOTHER)] for other in chosen if other in yielding
     }
-    return Placement(
-        True, ["complete and eligible", selection.reasons.get(uid, "chosen")], displaced
-    )
+    return Placement(True, [*verdict.reasons, selection.reasons.get(uid, "chosen")], displaced)

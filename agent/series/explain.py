@@ -108,7 +108,7 @@ def decide_folder(
                 decided[uid] = (v.state, v.reasons)
                 continue
             chosen = {u: by_uid[u] for u, (state, _) in decided.items() if state == "queued"}
-            placement = place_in_study(f, chosen, yielding=chosen)
+            placement = place_in_study(v, f, chosen, yielding=chosen)
             for other, reasons in placement.displaced.items():
                 decided[other] = ("skipped", reasons)
             decided[uid] = ("queued" if placement.queued else "skipped", placement.reasons)
@@ -179,7 +179,7 @@ def _next_sweep(
             and jobs.get(m.series_instance_uid, JobNote("receiving")).state in CHOSEN_STATES
         }
         yielding = [u for u in others if jobs[u].state in YIELDING_STATES]
-        placement = place_in_study(f, others, yielding)
+        placement = place_in_study(verdict, f, others, yielding)
         state = "queued" if placement.queued else "skipped"
         reason = _joined(placement.reasons)
     else:

@@ -17,7 +17,7 @@ from collections import defaultdict
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from pydicom import dcmread
@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session
 
 from agent.errors import AgentError
 from agent.node.header import InstanceHeader, InvalidIdentifier, UnreadableHeader, read_header
+from hyperct_core.volume import DUPLICATE_MM
 from storage.ingest import same_orientation
 from storage.models import Instance, Series, Study
 
@@ -46,6 +47,11 @@ class SeriesFacts:
     ascending. A multi-frame (Enhanced CT, PS3.3 A.38) instance contributes the
     position of its first frame only, as the node records it; its frames count
     in ``number_of_frames``. ``first/last_received_at`` are timezone-aware.
+
+    An instance whose image repeats another's at the same position (one slice
+    sent again under a new SOP Instance UID) counts in ``repeated_images``;
+    its position and frame are left out of ``slice_positions`` and
+    ``number_of_frames``, as the volume reader reads such a slice once.
     """
 
     series_instance_uid: str
@@ -66,6 +72,7 @@ class SeriesFacts:
     # Instances holding more than one frame.
     multiframe_instances: int = 0
     slice_positions: tuple[float, ...] = ()
+    repeated_images: int = 0
     orientation_consistent: bool = True
     image_orientation: tuple[float, ...] | None = None
     pixel_spacing: tuple[float, ...] | None = None
@@ -103,25 +110,32 @@ class SeriesFacts:
 # -- from the database -------------------------------------------------------
 
 
-def facts_from_db(session: Session, series: int | str) -> SeriesFacts:
+def facts_from_db(
+    session: Session, series: int | str, storage_root: Path | None = None
+) -> SeriesFacts:
     """Facts of one stored series, by primary key or Series Instance UID.
 
     Two queries: the series with its study, then its instances' positions.
-    Raises :class:`SeriesNotFound` when there is no such series.
+    Where instances share a position, their stored files under
+    ``storage_root`` tell whether one image was sent twice; without a root
+    every shared position counts as two images. Raises
+    :class:`SeriesNotFound` when there is no such series.
     """
     where = Series.id == series if isinstance(series, int) else Series.series_instance_uid == series
-    found = _facts_where(session, where)
+    found = _facts_where(session, where, storage_root)
     if not found:
         raise SeriesNotFound(f"no series {series!r} in the database")
     return found[0]
 
 
-def study_facts_from_db(session: Session, study_instance_uid: str) -> list[SeriesFacts]:
+def study_facts_from_db(
+    session: Session, study_instance_uid: str, storage_root: Path | None = None
+) -> list[SeriesFacts]:
     """Facts of every stored series of a study (empty when the study is unknown)."""
-    return _facts_where(session, Study.study_instance_uid == study_instance_uid)
+    return _facts_where(session, Study.study_instance_uid == study_instance_uid, storage_root)
 
 
-def _facts_where(session: Session, where: Any) -> list[SeriesFacts]:
+def _facts_where(session: Session, where: Any, storage_root: Path | None) -> list[SeriesFacts]:
     rows = session.execute(
         select(Series, Study.study_instance_uid, Study.study_description)
         .join(Study, Series.study_id == Study.id)
@@ -131,20 +145,25 @@ def _facts_where(session: Session, where: Any) -> list[SeriesFacts]:
     if not rows:
         return []
     ids = [row.Series.id for row in rows]
-    positions: dict[int, list[float]] = defaultdict(list)
+    positions: dict[int, list[tuple[float, Path | None]]] = defaultdict(list)
     frames: dict[int, list[int]] = defaultdict(list)
-    for series_id, position, n_frames in session.execute(
-        select(Instance.series_id, Instance.slice_position, Instance.number_of_frames).where(
-            Instance.series_id.in_(ids)
-        )
+    for series_id, position, n_frames, rel_path in session.execute(
+        select(
+            Instance.series_id,
+            Instance.slice_position,
+            Instance.number_of_frames,
+            Instance.rel_path,
+        ).where(Instance.series_id.in_(ids))
     ):
         if position is not None:
-            positions[series_id].append(float(position))
+            path = None if storage_root is None else _stored_path(storage_root, rel_path)
+            positions[series_id].append((float(position), path))
         frames[series_id].append(n_frames or 1)
     out = []
     for row in rows:
         s: Series = row.Series
         counts = frames[s.id]
+        kept, repeated = settle_repeats(positions[s.id])
         out.append(
             SeriesFacts(
                 series_instance_uid=s.series_instance_uid,
@@ -159,9 +178,10 @@ def _facts_where(session: Session, where: Any) -> list[SeriesFacts]:
                 image_type=s.image_type,
                 contrast_agent=s.contrast_agent,
                 instance_count=s.instance_count,
-                number_of_frames=sum(counts),
+                number_of_frames=sum(counts) - repeated,
                 multiframe_instances=sum(1 for n in counts if n > 1),
-                slice_positions=tuple(sorted(positions[s.id])),
+                slice_positions=kept,
+                repeated_images=repeated,
                 orientation_consistent=bool(s.orientation_consistent),
                 image_orientation=_tuple(s.image_orientation),
                 pixel_spacing=_tuple(s.pixel_spacing),
@@ -171,6 +191,54 @@ def _facts_where(session: Session, where: Any) -> list[SeriesFacts]:
             )
         )
     return out
+
+
+def _stored_path(root: Path, rel_path: str) -> Path | None:
+    rel = PurePosixPath(rel_path)
+    return None if rel.is_absolute() or ".." in rel.parts else root / rel
+
+
+def settle_repeats(
+    positioned: Sequence[tuple[float, Path | None]],
+) -> tuple[tuple[float, ...], int]:
+    """Sorted positions with each slice sent twice kept once, and how many were left out.
+
+    Runs of positions closer than :data:`~hyperct_core.volume.DUPLICATE_MM`
+    are one slice sent twice when :func:`~hyperct_core.volume.same_images`
+    finds their files hold the same image, the test the volume reader applies
+    when screening; otherwise (different images, or a file unknown or
+    unreadable) all are kept, and completeness sees two instances at one
+    position. Only files at shared positions are read.
+    """
+    items = sorted(positioned, key=lambda it: it[0])
+    runs: list[list[tuple[float, Path | None]]] = []
+    for item in items:
+        if runs and item[0] - runs[-1][-1][0] < DUPLICATE_MM:
+            runs[-1].append(item)
+        else:
+            runs.append([item])
+    kept: list[float] = []
+    repeated = 0
+    for run in runs:
+        if len(run) > 1 and _one_image([path for _, path in run]):
+            kept.append(run[0][0])
+            repeated += len(run) - 1
+        else:
+            kept.extend(position for position, _ in run)
+    return tuple(kept), repeated
+
+
+def _one_image(paths: Sequence[Path | None]) -> bool:
+    from hyperct_core.errors import PreprocessError
+    from hyperct_core.volume import same_images
+
+    known = [p for p in paths if p is not None]
+    if len(known) < len(paths):
+        return False
+    try:
+        return same_images(known)
+    except (PreprocessError, OSError):
+        return False
 
 
 def _tuple(values: Sequence[float] | None) -> tuple[float, ...] | None:
@@ -217,7 +285,7 @@ def read_files(
     ``sop_classes`` (the node's accepted classes; None accepts any), and it
     must carry Pixel Data that the file holds whole.
     """
-    by_series: dict[str, list[tuple[InstanceHeader, datetime]]] = defaultdict(list)
+    by_series: dict[str, list[tuple[InstanceHeader, datetime, Path]]] = defaultdict(list)
     skipped: list[tuple[Path, str]] = []
     seen: set[str] = set()
     for raw in paths:
@@ -246,7 +314,7 @@ def read_files(
             skipped.append((path, COPY))
             continue
         seen.add(header.sop_instance_uid)
-        by_series[header.series_instance_uid].append((header, mtime))
+        by_series[header.series_instance_uid].append((header, mtime, path))
     series = [_facts_from_headers(items) for items in by_series.values()]
     series.sort(key=lambda f: (f.study_instance_uid, f.series_number or 0, f.series_instance_uid))
     return FolderFacts(series, skipped)
@@ -339,12 +407,12 @@ def _fit(value: str | None, field: str) -> str | None:
     return None if value is None else value[: _FIT[field]]
 
 
-def _facts_from_headers(items: list[tuple[InstanceHeader, datetime]]) -> SeriesFacts:
+def _facts_from_headers(items: list[tuple[InstanceHeader, datetime, Path]]) -> SeriesFacts:
     # The series row keeps the first recorded instance's descriptors; a folder
     # has no arrival order, so take the lowest Instance Number.
     items = sorted(items, key=lambda it: (it[0].instance_number is None, it[0].instance_number))
     first = items[0][0]
-    headers = [h for h, _ in items]
+    headers = [h for h, _, _ in items]
     orientation = next((h.image_orientation for h in headers if h.image_orientation), None)
     consistent = all(
         h.image_orientation is None
@@ -353,7 +421,10 @@ def _facts_from_headers(items: list[tuple[InstanceHeader, datetime]]) -> SeriesF
         for h in headers
     )
     frames = [h.number_of_frames or 1 for h in headers]
-    times = [t for _, t in items]
+    times = [t for _, t, _ in items]
+    kept, repeated = settle_repeats(
+        [(h.slice_position, path) for h, _, path in items if h.slice_position is not None]
+    )
     return SeriesFacts(
         series_instance_uid=first.series_instance_uid,
         study_instance_uid=first.study_instance_uid,
@@ -367,11 +438,10 @@ def _facts_from_headers(items: list[tuple[InstanceHeader, datetime]]) -> SeriesF
         image_type=_fit(first.image_type, "image_type"),
         contrast_agent=_fit(first.contrast_agent, "contrast_agent"),
         instance_count=len(headers),
-        number_of_frames=sum(frames),
+        number_of_frames=sum(frames) - repeated,
         multiframe_instances=sum(1 for n in frames if n > 1),
-        slice_positions=tuple(
-            sorted(h.slice_position for h in headers if h.slice_position is not None)
-        ),
+        slice_positions=kept,
+        repeated_images=repeated,
         orientation_consistent=consistent,
         image_orientation=orientation,
         pixel_spacing=next((h.pixel_spacing for h in headers if h.pixel_spacing), None),
