@@ -12,7 +12,6 @@ never looked at.
 
 from __future__ import annotations
 
-import struct
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
@@ -22,7 +21,8 @@ from typing import Any
 
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
-from pydicom.filereader import read_file_meta_info
+from pydicom.filereader import read_dataset
+from pydicom.tag import BaseTag
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -301,7 +301,10 @@ def read_files(
             skipped.append((path, NOT_DICOM))
             continue
         except (UnreadableHeader, InvalidIdentifier) as exc:
-            skipped.append((path, f"header: {exc}"))
+            reason = f"header: {exc}"
+            if "missing" in str(exc) and _pixel_data_problem(path) == NO_PIXELS:
+                reason += ", and no Pixel Data follows (a file cut short?)"
+            skipped.append((path, reason))
             continue
         if sop_classes is not None and header.sop_class_uid not in sop_classes:
             name = UID(header.sop_class_uid).name
@@ -330,30 +333,37 @@ def read_part10_header(path: Path) -> InstanceHeader:
 
     The dataset after the File Meta Information goes through
     :func:`~agent.node.header.read_header` exactly as a received C-STORE
-    dataset does, in the file's transfer syntax. A file without the preamble
-    and ``DICM`` may still be a bare dataset (as some archives write them):
-    it is read in Implicit, then Explicit VR Little Endian. Raises
-    InvalidDicomError when it is neither.
+    dataset does, in the file's transfer syntax. Some writers leave out the
+    preamble and ``DICM``: a file that starts with the meta group, or with a
+    bare dataset (read in Implicit, then Explicit VR Little Endian), is read
+    too. Raises InvalidDicomError when the file is none of these.
     """
     with path.open("rb") as fp:
-        fp.seek(128)
-        if fp.read(4) != b"DICM":
+        head = fp.read(132)
+        if head[128:132] == b"DICM":
+            fp.seek(132)
+        elif head[:2] == b"\x02\x00":  # the meta group without the preamble
+            fp.seek(0)
+        else:
             fp.seek(0)
             return _bare_dataset_header(fp.read())
-    meta = read_file_meta_info(path)
-    ts = meta.get("TransferSyntaxUID")
+        # The meta group is Explicit VR Little Endian (PS3.10 7.1) and ends
+        # where group 0002 does; its Group Length is not trusted for that.
+        try:
+            meta = read_dataset(
+                fp, is_implicit_VR=False, is_little_endian=True, stop_when=_past_meta
+            )
+            ts = meta.get("TransferSyntaxUID")
+        except Exception:  # pydicom raises many types on malformed input
+            raise UnreadableHeader("file meta information cannot be decoded") from None
+        dataset = fp.read()
     if not ts:
         raise UnreadableHeader("no Transfer Syntax UID in the file meta information")
-    with path.open("rb") as fp:
-        fp.seek(132)
-        head = fp.read(12)
-        # (0002,0000) UL, Type 1 (PS3.10 7.1): the meta group's length gives the dataset offset.
-        if len(head) < 12 or head[:6] != b"\x02\x00\x00\x00UL":
-            raise UnreadableHeader("no File Meta Information Group Length")
-        (group_length,) = struct.unpack("<I", head[8:12])
-        fp.seek(144 + group_length)
-        dataset = fp.read()
     return read_header(dataset, UID(str(ts)))
+
+
+def _past_meta(tag: BaseTag, vr: str | None, length: int) -> bool:
+    return tag.group != 0x0002
 
 
 def _bare_dataset_header(data: bytes) -> InstanceHeader:
