@@ -218,7 +218,7 @@ def volume_from_datasets(
             )
 
     normal = np.cross(row_cos, col_cos)
-    frames = _drop_repeats(frames, [frame.position @ normal for frame in frames])
+    frames = _drop_repeats(frames, [float(frame.position @ normal) for frame in frames])
     if len(frames) < 2:
         raise PreprocessError("the series has 1 distinct image; a volume needs at least 2")
     along = np.array([frame.position @ normal for frame in frames])

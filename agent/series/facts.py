@@ -12,6 +12,7 @@ never looked at.
 
 from __future__ import annotations
 
+import warnings
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
@@ -381,21 +382,22 @@ def _bare_dataset_header(data: bytes) -> InstanceHeader:
 def _pixel_data_problem(path: Path) -> str | None:
     """Why the file's Pixel Data is unusable, or None (PS3.5 7.1: value length and offset)."""
     try:
-        ds = dcmread(path, defer_size=64, force=True)
-        elem = next(
-            (dict.__getitem__(ds._dict, t) for t in _PIXEL_TAGS if t in ds._dict),  # noqa: SLF001
-            None,
-        )
+        with warnings.catch_warnings():
+            # pydicom only warns when encapsulated Pixel Data lacks its delimiter.
+            warnings.filterwarnings("error", message="End of file reached")
+            ds = dcmread(path, defer_size=64, force=True)
+        # The raw element: reading the value would load (or decode) the pixels.
+        raw: Any = ds._dict  # noqa: SLF001
+        elem = next((raw[t] for t in _PIXEL_TAGS if t in raw), None)
     except Exception:  # pydicom raises many types on a file cut short
         return TRUNCATED
     if elem is None:
         return NO_PIXELS
-    length = getattr(elem, "length", None)
-    tell = getattr(elem, "value_tell", None)
-    defined = length is not None and tell is not None and length != 0xFFFFFFFF
-    if defined and tell + length > path.stat().st_size:
-        return TRUNCATED
-    return None
+    length: int | None = getattr(elem, "length", None)
+    tell: int | None = getattr(elem, "value_tell", None)
+    if length is None or tell is None or length == 0xFFFFFFFF:  # encapsulated: read above
+        return None
+    return TRUNCATED if tell + length > path.stat().st_size else None
 
 
 # Pixel Data, Float Pixel Data, Double Float Pixel Data (PS3.3 C.7.6.3).

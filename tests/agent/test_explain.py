@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from pydicom.dataset import Dataset
-from pydicom.uid import generate_uid
+from pydicom.uid import RLELossless, generate_uid
 from sqlalchemy import select
 
 from agent.cli import main
@@ -213,6 +213,10 @@ def test_explain_dir_says_why_each_file_was_left_out(tmp_path: Path) -> None:
     whole = (folder / "good" / "img0000.dcm").read_bytes()
     (folder / "cut_pixels.dcm").write_bytes(whole[:-100])
     (folder / "cut_header.dcm").write_bytes(whole[:400])
+    rle = series(1)[0]
+    rle.compress(RLELossless)
+    rle.save_as(folder / "cut_rle.dcm", enforce_file_format=True)
+    (folder / "cut_rle.dcm").write_bytes((folder / "cut_rle.dcm").read_bytes()[:-60])
     (folder / "copy.dcm").write_bytes(whole)
     sr = series(1, SOPClassUID="1.2.840.10008.5.1.4.1.1.88.22")[0]  # Enhanced SR
     sr.save_as(folder / "sr.dcm", enforce_file_format=False)
@@ -223,7 +227,7 @@ def test_explain_dir_says_why_each_file_was_left_out(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert_no_patient_data(proc.stdout + proc.stderr)
     head = proc.stdout.split("\nstudy ", 1)[0].splitlines()
-    assert head[0] == f"skipped 8 of the files under {folder}:"
+    assert head[0] == f"skipped 9 of the files under {folder}:"
     lines = sorted(head[1:])
     assert lines == sorted(
         [
@@ -232,7 +236,7 @@ def test_explain_dir_says_why_each_file_was_left_out(tmp_path: Path) -> None:
             "  1 no Pixel Data (not an image): no_pixels.dcm",
             "  1 header: StudyInstanceUID is not a valid UID: bad_uid.dcm",
             "  1 header: SeriesInstanceUID is missing: no_series.dcm",
-            "  1 truncated: the file ends inside Pixel Data: cut_pixels.dcm",
+            "  2 truncated: the file ends inside Pixel Data: cut_pixels.dcm, cut_rle.dcm",
             "  1 header: StudyInstanceUID is missing, and no Pixel Data follows "
             "(a file cut short?): cut_header.dcm",
             "  1 same SOP Instance UID as another file (counted once, as the node records it): "
