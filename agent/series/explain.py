@@ -166,12 +166,15 @@ def _next_sweep(
     members: Sequence[SeriesFacts],
     jobs: Mapping[str, JobNote],
 ) -> str | None:
-    """What the sweep would decide for ``f`` now, unless the job row already says so."""
+    """What the sweep would decide for ``f`` now, unless the job row already says so.
+
+    A series not decided yet is decided so by the next sweep; a decided one is
+    decided again only when new instances arrive, so this shows how settings
+    changed since would judge it.
+    """
+    if job.state in (*CHOSEN_STATES, "dead") or (job.reason or "").startswith("not chosen"):
+        return None  # placed in its study: that depended on what was chosen then
     if verdict.state == "eligible":
-        if job.state in CHOSEN_STATES or (
-            job.state == "skipped" and (job.reason or "").startswith("not chosen")
-        ):
-            return None  # placed already; placement depends on what was chosen then
         others = {
             m.series_instance_uid: m
             for m in members
@@ -184,7 +187,7 @@ def _next_sweep(
         reason = _joined(placement.reasons)
     else:
         state, reason = verdict.state, _joined(verdict.reasons)
-    if state == job.state and (state == "receiving" or reason == job.reason):
+    if state == job.state and reason == job.reason:
         return None
     return f"{state}: {reason}"
 
@@ -229,8 +232,13 @@ def _render_series(d: SeriesDecision) -> list[str]:
         f"    reason: {d.reason or 'none recorded yet'}",
         f"    decided by: {_SOURCE[d.source]}",
     ]
-    if d.next_sweep is not None:
+    if d.next_sweep is not None and d.state == "receiving":
         lines.append(f"    next sweep (judged now, configured settings): {d.next_sweep}")
+    elif d.next_sweep is not None:
+        lines.append(
+            f"    judged now with the configured settings: {d.next_sweep} "
+            "(the stored decision stands until new instances arrive)"
+        )
     if d.last_error:
         lines.append(f"    last error: {d.last_error}")
     lines += [

@@ -180,6 +180,20 @@ def test_explain_tells_what_the_sweep_stored_for_every_kind_of_series(
         reason = reason.replace(forced_reason(settings.completeness), FOLDER_FINAL)
         assert folder_decisions[series_uid] == (state, reason), name
 
+    # Settings changed since: the stored decision is shown, and what they would decide now.
+    (tmp_path / "looser").mkdir()
+    looser_settings = SMALL.replace("min_slices = 8", "min_slices = 4")
+    storage = f'[storage]\nroot = "{node.store.root}"\n'
+    looser = config_for(tmp_path / "looser", url, storage + looser_settings)
+    few = uid(cases["too few slices"][0])
+    assert main(["explain", few, "--config", str(looser)]) == 0
+    out = capsys.readouterr().out
+    assert decisions(out) == {few: stored[few]}
+    assert (
+        "judged now with the configured settings: queued: complete and eligible "
+        "(the stored decision stands until new instances arrive)" in out
+    )
+
     # Screening reads the same: the slice sent twice once, two images at one position never.
     def stored_files(datasets: list[Dataset]) -> list[Path]:
         with node.sessions() as session:
