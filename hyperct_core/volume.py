@@ -187,12 +187,77 @@ def volume_from_datasets(
     """
     parse_orientation(orientation)
     datasets = [_load(item, i) for i, item in enumerate(datasets_or_paths)]
+    stack = _stack(datasets, spacing_tolerance)
+    frames, order, first, gap = stack.frames, stack.order, stack.frames[0], stack.gap
+    normal, row_cos, col_cos = stack.normal, stack.row_cos, stack.col_cos
+
+    array = np.empty((len(frames), first.rows, first.columns), dtype=np.float32)
+    for dst, src in enumerate(order):
+        frame = frames[src]
+        pixels = frame.pixels()
+        if pixels.shape != (first.rows, first.columns):
+            raise PreprocessError(
+                f"{frame.label}: pixel data has shape {pixels.shape}, header says "
+                f"{first.rows}x{first.columns}"
+            )
+        out = array[dst]
+        out[...] = pixels
+        if frame.slope != 1.0:
+            out *= frame.slope
+        if frame.intercept != 0.0:
+            out += frame.intercept
+
+    # Acquisition axes: slices ascend along the normal; row index follows the column
+    # cosine, column index the row cosine (PS3.3 C.7.6.2.1.1).
+    directions = np.stack([normal, col_cos, row_cos])
+    spacing = (gap, first.pixel_spacing[0], first.pixel_spacing[1])  # PixelSpacing is row\col
+    array, spacing = _reorient(array, spacing, directions, orientation)
+    return HUVolume(_readonly(np.ascontiguousarray(array)), spacing, orientation)
+
+
+def check_geometry(
+    datasets_or_paths: Iterable[DatasetOrPath], *, spacing_tolerance: float = 0.2
+) -> None:
+    """Run the checks of :func:`volume_from_datasets` that the headers answer.
+
+    Files are read with their pixel data deferred: pixels are decoded only
+    where two frames share a position (to tell one slice sent twice from two
+    images). The agent asks this of an Enhanced CT series when it decides
+    whether the series is complete, so a series screening would refuse is
+    judged so before it is queued.
+
+    Raises:
+        PreprocessError: The series cannot become one volume; the message says why.
+    """
+    datasets = [_load(item, i, defer=True) for i, item in enumerate(datasets_or_paths)]
+    # Named by Instance Number, not file name: the same series reads the same
+    # wherever its files are kept.
+    _stack(datasets, spacing_tolerance, _instance_label)
+
+
+@dataclass(frozen=True)
+class _Stack:
+    frames: list[_Frame]  # without repeats
+    order: np.ndarray  # indices of ``frames`` ascending along the normal
+    normal: np.ndarray
+    row_cos: np.ndarray
+    col_cos: np.ndarray
+    gap: float  # median step between slices, mm
+
+
+def _stack(
+    datasets: list[Dataset],
+    spacing_tolerance: float,
+    label: Callable[[Dataset, int], str] | None = None,
+) -> _Stack:
+    """The frames of one series in slice order, refused where they are not one regular stack."""
     if not datasets:
         raise PreprocessError("the series is empty: no datasets or files were given")
     series = {str(ds.SeriesInstanceUID) for ds in datasets if "SeriesInstanceUID" in ds}
     if len(series) > 1:
         raise PreprocessError(f"the datasets come from {len(series)} different series")
-    frames = [frame for i, ds in enumerate(datasets) for frame in _frames(ds, _label(ds, i))]
+    name = label or _label
+    frames = [frame for i, ds in enumerate(datasets) for frame in _frames(ds, name(ds, i))]
     if len(frames) < 2:
         raise PreprocessError(
             f"the series has {len(frames)} image; a volume needs at least 2 parallel slices"
@@ -231,28 +296,7 @@ def volume_from_datasets(
             f"{gaps.max():.3f} mm (median {gap:.3f}); is a slice missing?"
         )
 
-    array = np.empty((len(frames), first.rows, first.columns), dtype=np.float32)
-    for dst, src in enumerate(order):
-        frame = frames[src]
-        pixels = frame.pixels()
-        if pixels.shape != (first.rows, first.columns):
-            raise PreprocessError(
-                f"{frame.label}: pixel data has shape {pixels.shape}, header says "
-                f"{first.rows}x{first.columns}"
-            )
-        out = array[dst]
-        out[...] = pixels
-        if frame.slope != 1.0:
-            out *= frame.slope
-        if frame.intercept != 0.0:
-            out += frame.intercept
-
-    # Acquisition axes: slices ascend along the normal; row index follows the column
-    # cosine, column index the row cosine (PS3.3 C.7.6.2.1.1).
-    directions = np.stack([normal, col_cos, row_cos])
-    spacing = (gap, first.pixel_spacing[0], first.pixel_spacing[1])  # PixelSpacing is row\col
-    array, spacing = _reorient(array, spacing, directions, orientation)
-    return HUVolume(_readonly(np.ascontiguousarray(array)), spacing, orientation)
+    return _Stack(frames, order, normal, row_cos, col_cos, gap)
 
 
 def same_images(datasets_or_paths: Sequence[DatasetOrPath]) -> bool:
@@ -321,12 +365,13 @@ class _Frame:
     pixels: Callable[[], np.ndarray]  # stored values, shape (rows, columns)
 
 
-def _load(item: DatasetOrPath, index: int) -> Dataset:
+def _load(item: DatasetOrPath, index: int, *, defer: bool = False) -> Dataset:
     if isinstance(item, Dataset):
         return item
     if isinstance(item, str | os.PathLike):
         try:
-            return pydicom.dcmread(item)
+            # Deferred values are read from the file when first used.
+            return pydicom.dcmread(item, defer_size="64 KB" if defer else None)
         except (OSError, InvalidDicomError) as exc:
             raise PreprocessError(
                 f"cannot read DICOM file {Path(item).name}: {_first_line(exc)}"
@@ -342,6 +387,11 @@ def _label(ds: Dataset, index: int) -> str:
         return f"file {Path(filename).name}"
     instance = ds.get("InstanceNumber")
     return f"dataset {index}" + (f" (InstanceNumber {instance})" if instance is not None else "")
+
+
+def _instance_label(ds: Dataset, index: int) -> str:
+    instance = ds.get("InstanceNumber")
+    return f"instance {instance}" if instance is not None else f"object {index + 1}"
 
 
 def _frames(ds: Dataset, label: str) -> list[_Frame]:

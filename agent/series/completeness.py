@@ -22,8 +22,10 @@ instances without a position) make it partial as soon as the idle timer
 expires: waiting longer would only delay the verdict.
 
 An Enhanced CT (multi-frame) object is sent whole in one C-STORE, so its frames
-are complete by construction; its frame geometry is checked when the volume is
-read, because the database keeps one position per instance.
+are complete by construction; the database keeps one position per instance, so
+its frame geometry is read from the files with the volume reader's own checks
+(:func:`hyperct_core.volume.check_geometry`): a stack screening would refuse is
+partial here, not a failed job later.
 """
 
 from __future__ import annotations
@@ -232,23 +234,31 @@ def judge_completeness(
 
 
 def _judge_multiframe(facts: SeriesFacts, timer: str) -> Completeness:
+    # Partial verdicts name no timer: more instances cannot cure them.
     if facts.multiframe_instances < facts.instance_count:
         return Completeness(
             "partial",
             [
                 f"mixes {facts.multiframe_instances} multi-frame and "
-                f"{facts.instance_count - facts.multiframe_instances} single-frame instances",
-                timer,
+                f"{facts.instance_count - facts.multiframe_instances} single-frame instances"
             ],
         )
     if not facts.orientation_consistent:
-        return Completeness("partial", ["multi-frame instances have different orientations", timer])
+        return Completeness("partial", ["multi-frame instances have different orientations"])
+    if facts.frame_problem is not None:
+        return Completeness(
+            "partial", [f"the frames cannot form one volume: {facts.frame_problem}"]
+        )
+    checked = (
+        "frame geometry checked as screening reads it"
+        if facts.frame_problem is None and facts.frames_checked
+        else "frame spacing and coverage are checked when the volume is read"
+    )
     return Completeness(
         "complete",
         [
             timer,
             f"multi-frame (Enhanced CT): {facts.instance_count} object(s), "
-            f"{facts.number_of_frames} frames, each object sent whole; "
-            "frame spacing and coverage are checked when the volume is read",
+            f"{facts.number_of_frames} frames, each object sent whole; {checked}",
         ],
     )

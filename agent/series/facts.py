@@ -74,6 +74,10 @@ class SeriesFacts:
     multiframe_instances: int = 0
     slice_positions: tuple[float, ...] = ()
     repeated_images: int = 0
+    # Multi-frame series: whether the files' frame geometry was checked, and why
+    # the volume reader refuses it (None: it does not, or it was not checked).
+    frames_checked: bool = False
+    frame_problem: str | None = None
     orientation_consistent: bool = True
     image_orientation: tuple[float, ...] | None = None
     pixel_spacing: tuple[float, ...] | None = None
@@ -148,6 +152,7 @@ def _facts_where(session: Session, where: Any, storage_root: Path | None) -> lis
     ids = [row.Series.id for row in rows]
     positions: dict[int, list[tuple[float, Path | None]]] = defaultdict(list)
     frames: dict[int, list[int]] = defaultdict(list)
+    files: dict[int, list[Path | None]] = defaultdict(list)
     for series_id, position, n_frames, rel_path in session.execute(
         select(
             Instance.series_id,
@@ -156,15 +161,17 @@ def _facts_where(session: Session, where: Any, storage_root: Path | None) -> lis
             Instance.rel_path,
         ).where(Instance.series_id.in_(ids))
     ):
+        path = None if storage_root is None else _stored_path(storage_root, rel_path)
         if position is not None:
-            path = None if storage_root is None else _stored_path(storage_root, rel_path)
             positions[series_id].append((float(position), path))
         frames[series_id].append(n_frames or 1)
+        files[series_id].append(path)
     out = []
     for row in rows:
         s: Series = row.Series
         counts = frames[s.id]
         kept, repeated = settle_repeats(positions[s.id])
+        checked, problem = frame_geometry(files[s.id], counts)
         out.append(
             SeriesFacts(
                 series_instance_uid=s.series_instance_uid,
@@ -183,6 +190,8 @@ def _facts_where(session: Session, where: Any, storage_root: Path | None) -> lis
                 multiframe_instances=sum(1 for n in counts if n > 1),
                 slice_positions=kept,
                 repeated_images=repeated,
+                frames_checked=checked,
+                frame_problem=problem,
                 orientation_consistent=bool(s.orientation_consistent),
                 image_orientation=_tuple(s.image_orientation),
                 pixel_spacing=_tuple(s.pixel_spacing),
@@ -227,6 +236,31 @@ def settle_repeats(
         else:
             kept.extend(position for position, _ in run)
     return tuple(kept), repeated
+
+
+def frame_geometry(paths: Sequence[Path | None], frames: Sequence[int]) -> tuple[bool, str | None]:
+    """Whether a multi-frame series' files were checked, and why screening would refuse them.
+
+    Only series whose instances are all multi-frame are checked (the others
+    are judged from the positions the node records), by
+    :func:`~hyperct_core.volume.check_geometry`: the volume reader's own checks,
+    with the pixel data left unread.
+    """
+    if not frames or any(n <= 1 for n in frames):
+        return False, None
+    known = [p for p in paths if p is not None]
+    if len(known) < len(paths):
+        return False, None
+    from hyperct_core.errors import PreprocessError
+    from hyperct_core.volume import check_geometry
+
+    try:
+        check_geometry(known)
+    except PreprocessError as exc:
+        return True, str(exc)
+    except OSError as exc:
+        return True, f"cannot read the files ({exc.strerror or type(exc).__name__})"
+    return True, None
 
 
 def _one_image(paths: Sequence[Path | None]) -> bool:
@@ -437,6 +471,7 @@ def _facts_from_headers(items: list[tuple[InstanceHeader, datetime, Path]]) -> S
     kept, repeated = settle_repeats(
         [(h.slice_position, path) for h, _, path in items if h.slice_position is not None]
     )
+    checked, problem = frame_geometry([path for _, _, path in items], frames)
     return SeriesFacts(
         series_instance_uid=first.series_instance_uid,
         study_instance_uid=first.study_instance_uid,
@@ -454,6 +489,8 @@ def _facts_from_headers(items: list[tuple[InstanceHeader, datetime, Path]]) -> S
         multiframe_instances=sum(1 for n in frames if n > 1),
         slice_positions=kept,
         repeated_images=repeated,
+        frames_checked=checked,
+        frame_problem=problem,
         orientation_consistent=consistent,
         image_orientation=orientation,
         pixel_spacing=next((h.pixel_spacing for h in headers if h.pixel_spacing), None),

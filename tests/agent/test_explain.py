@@ -67,6 +67,15 @@ def enhanced() -> list[Dataset]:
     return [ds]
 
 
+def enhanced_two_frames_at_one_position() -> list[Dataset]:
+    (ds,) = enhanced()
+    frames = ds.PerFrameFunctionalGroupsSequence
+    frames[5].PlanePositionSequence[0].ImagePositionPatient = list(
+        frames[4].PlanePositionSequence[0].ImagePositionPatient
+    )
+    return [ds]
+
+
 def two_candidates() -> dict[str, list[Dataset]]:
     """One study, a thick series (number 3) and a thin one (number 4) that ranks first."""
     study = generate_uid()
@@ -98,6 +107,10 @@ def variants() -> dict[str, tuple[list[Dataset], str]]:
         "contrast": (series(12, ContrastBolusAgent="IOPAMIDOL"), "skipped"),
         "too few slices": (series(6, spacing=2.5), "skipped"),
         "enhanced CT": (enhanced(), "queued"),
+        "enhanced CT, two frames at one position": (
+            enhanced_two_frames_at_one_position(),
+            "incomplete",
+        ),
         "thick": (candidates["thick"], "skipped"),
         "thin": (candidates["thin"], "queued"),
     }
@@ -206,8 +219,13 @@ def test_explain_tells_what_the_sweep_stored_for_every_kind_of_series(
 
     volume = volume_from_datasets(stored_files(cases["sent twice"][0]))
     assert volume.shape[0] == 12
-    with pytest.raises(PreprocessError, match="duplicate slice position: .* different images"):
-        volume_from_datasets(stored_files(cases["two images at one position"][0]))
+    for refused in ("two images at one position", "enhanced CT, two frames at one position"):
+        with pytest.raises(PreprocessError, match="duplicate slice position: .* different images"):
+            volume_from_datasets(stored_files(cases[refused][0]))
+    enhanced_reason = stored[uid(cases["enhanced CT, two frames at one position"][0])][1]
+    assert enhanced_reason.startswith(
+        "the frames cannot form one volume: duplicate slice position: instance 1 frame"
+    )
 
 
 @pytest.mark.filterwarnings("ignore:Invalid value for VR UI")  # written on purpose

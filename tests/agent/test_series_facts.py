@@ -101,8 +101,9 @@ def test_enhanced_ct_in_the_db_and_in_a_file(node: NodeUnderTest, tmp_path: Path
     (path,) = write_series([ds], tmp_path / "enh")
     assert scu_send(node.port, [ds], sop_class=EnhancedCTImageStorage) == [0]
     with node.sessions() as session:
-        stored = facts_from_db(session, ds.SeriesInstanceUID)
+        stored = facts_from_db(session, ds.SeriesInstanceUID, node.store.root)
     (from_file,) = facts_from_files([path])
+    assert stored.frames_checked and stored.frame_problem is None
     assert _untimed(stored) == _untimed(from_file)
     assert (stored.instance_count, stored.number_of_frames, stored.multiframe_instances) == (
         1,

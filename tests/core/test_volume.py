@@ -15,6 +15,7 @@ from pydicom.uid import SecondaryCaptureImageStorage, generate_uid
 from hyperct_core.errors import PreprocessError
 from hyperct_core.volume import (
     HUVolume,
+    check_geometry,
     describe_orientation,
     same_images,
     volume_from_array,
@@ -132,6 +133,23 @@ def test_a_slice_sent_twice_is_read_once() -> None:
     # The same stored values under another rescale are another image.
     twin.RescaleIntercept = float(twin.RescaleIntercept) + 1
     assert not same_images([series[3], twin])
+
+
+def test_check_geometry_reads_headers_and_refuses_what_the_volume_refuses(
+    tmp_path: Path,
+) -> None:
+    ds = make_enhanced(GRID)
+    path = tmp_path / "enhanced.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    check_geometry([path])  # a regular stack: no complaint
+    frames = ds.PerFrameFunctionalGroupsSequence
+    frames[5].PlanePositionSequence[0].ImagePositionPatient = [0.0, 0.0, 500.0]
+    ds.save_as(path, enforce_file_format=True)
+    with pytest.raises(PreprocessError, match="non-uniform slice spacing") as refused:
+        check_geometry([path])
+    with pytest.raises(PreprocessError) as read:
+        volume_from_datasets([path])
+    assert str(refused.value) == str(read.value)
 
 
 def test_a_small_oblique_tilt_maps_to_the_nearest_axial_orientation() -> None:
