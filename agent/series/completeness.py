@@ -155,9 +155,10 @@ def repeats_note(facts: SeriesFacts) -> list[str]:
     """The note on slices sent twice, which are read once (empty when there are none)."""
     if not facts.repeated_images:
         return []
+    verb = "repeats" if facts.repeated_images == 1 else "repeat"
     return [
-        f"{_n(facts.repeated_images, 'instance')} repeat the image of another at the same "
-        "position (sent again under a new SOP Instance UID); each slice is read once"
+        f"{_n(facts.repeated_images, 'instance')} {verb} the image of another at the same "
+        "position (one slice sent twice, under a new SOP Instance UID); each slice is read once"
     ]
 
 
