@@ -60,7 +60,10 @@ DatasetOrPath = Dataset | str | os.PathLike[str]
 
 # Tolerances for header geometry, which scanners write as decimal strings (DS).
 _COSINE_TOL = 1e-3  # direction cosines that differ by less are the same orientation
-_DUPLICATE_MM = 0.01  # slices closer than this along the normal are duplicates
+# Slices closer than this along the normal share one position (positions are
+# decimal strings with a few decimals, PS3.5 6.2 DS); the agent's completeness
+# check uses the same value.
+DUPLICATE_MM = 0.01
 
 
 def parse_orientation(code: str) -> tuple[tuple[int, int], ...]:
@@ -184,53 +187,9 @@ def volume_from_datasets(
     """
     parse_orientation(orientation)
     datasets = [_load(item, i) for i, item in enumerate(datasets_or_paths)]
-    if not datasets:
-        raise PreprocessError("the series is empty: no datasets or files were given")
-    series = {str(ds.SeriesInstanceUID) for ds in datasets if "SeriesInstanceUID" in ds}
-    if len(series) > 1:
-        raise PreprocessError(f"the datasets come from {len(series)} different series")
-    frames = [frame for i, ds in enumerate(datasets) for frame in _frames(ds, _label(ds, i))]
-    if len(frames) < 2:
-        raise PreprocessError(
-            f"the series has {len(frames)} image; a volume needs at least 2 parallel slices"
-        )
-    first = frames[0]
-    row_cos, col_cos = _check_cosines(first)
-    for frame in frames[1:]:
-        if not np.allclose(frame.orientation, first.orientation, atol=_COSINE_TOL):
-            raise PreprocessError(
-                f"mixed orientations: {frame.label} has ImageOrientationPatient "
-                f"{_fmt(frame.orientation)} but {first.label} has {_fmt(first.orientation)} "
-                "(a localizer or a second reconstruction in the series?)"
-            )
-        if (frame.rows, frame.columns) != (first.rows, first.columns):
-            raise PreprocessError(
-                f"inconsistent image size: {frame.label} is {frame.rows}x{frame.columns}, "
-                f"{first.label} is {first.rows}x{first.columns}"
-            )
-        if not np.allclose(frame.pixel_spacing, first.pixel_spacing, rtol=1e-3):
-            raise PreprocessError(
-                f"inconsistent PixelSpacing: {frame.label} has {_fmt(frame.pixel_spacing)}, "
-                f"{first.label} has {_fmt(first.pixel_spacing)}"
-            )
-
-    normal = np.cross(row_cos, col_cos)
-    along = np.array([frame.position @ normal for frame in frames])
-    order = np.argsort(along, kind="stable")
-    gaps = np.diff(along[order])
-    if gaps.min() < _DUPLICATE_MM:
-        k = int(gaps.argmin())
-        a, b = frames[order[k]], frames[order[k + 1]]
-        raise PreprocessError(
-            f"duplicate slice position: {a.label} and {b.label} both lie at "
-            f"{along[order[k]]:.3f} mm along the slice normal"
-        )
-    gap = float(np.median(gaps))
-    if np.abs(gaps - gap).max() > spacing_tolerance * gap:
-        raise PreprocessError(
-            f"non-uniform slice spacing: gaps range from {gaps.min():.3f} to "
-            f"{gaps.max():.3f} mm (median {gap:.3f}); is a slice missing?"
-        )
+    stack = _stack(datasets, spacing_tolerance)
+    frames, order, first, gap = stack.frames, stack.order, stack.frames[0], stack.gap
+    normal, row_cos, col_cos = stack.normal, stack.row_cos, stack.col_cos
 
     array = np.empty((len(frames), first.rows, first.columns), dtype=np.float32)
     for dst, src in enumerate(order):
@@ -256,7 +215,139 @@ def volume_from_datasets(
     return HUVolume(_readonly(np.ascontiguousarray(array)), spacing, orientation)
 
 
+def check_geometry(
+    datasets_or_paths: Iterable[DatasetOrPath], *, spacing_tolerance: float = 0.2
+) -> None:
+    """Run the checks of :func:`volume_from_datasets` that the headers answer.
+
+    Files are read with their pixel data deferred: pixels are decoded only
+    where two frames share a position (to tell one slice sent twice from two
+    images). The agent asks this of an Enhanced CT series when it decides
+    whether the series is complete, so a series screening would refuse is
+    judged so before it is queued.
+
+    Raises:
+        PreprocessError: The series cannot become one volume; the message says why.
+    """
+    datasets = [_load(item, i, defer=True) for i, item in enumerate(datasets_or_paths)]
+    # Named by Instance Number, not file name: the same series reads the same
+    # wherever its files are kept.
+    _stack(datasets, spacing_tolerance, _instance_label)
+
+
+@dataclass(frozen=True)
+class _Stack:
+    frames: list[_Frame]  # without repeats
+    order: np.ndarray  # indices of ``frames`` ascending along the normal
+    normal: np.ndarray
+    row_cos: np.ndarray
+    col_cos: np.ndarray
+    gap: float  # median step between slices, mm
+
+
+def _stack(
+    datasets: list[Dataset],
+    spacing_tolerance: float,
+    label: Callable[[Dataset, int], str] | None = None,
+) -> _Stack:
+    """The frames of one series in slice order, refused where they are not one regular stack."""
+    if not datasets:
+        raise PreprocessError("the series is empty: no datasets or files were given")
+    series = {str(ds.SeriesInstanceUID) for ds in datasets if "SeriesInstanceUID" in ds}
+    if len(series) > 1:
+        raise PreprocessError(f"the datasets come from {len(series)} different series")
+    name = label or _label
+    frames = [frame for i, ds in enumerate(datasets) for frame in _frames(ds, name(ds, i))]
+    if len(frames) < 2:
+        raise PreprocessError(
+            f"the series has {len(frames)} image; a volume needs at least 2 parallel slices"
+        )
+    first = frames[0]
+    row_cos, col_cos = _check_cosines(first)
+    for frame in frames[1:]:
+        if not np.allclose(frame.orientation, first.orientation, atol=_COSINE_TOL):
+            raise PreprocessError(
+                f"mixed orientations: {frame.label} has ImageOrientationPatient "
+                f"{_fmt(frame.orientation)} but {first.label} has {_fmt(first.orientation)} "
+                "(a localizer or a second reconstruction in the series?)"
+            )
+        if (frame.rows, frame.columns) != (first.rows, first.columns):
+            raise PreprocessError(
+                f"inconsistent image size: {frame.label} is {frame.rows}x{frame.columns}, "
+                f"{first.label} is {first.rows}x{first.columns}"
+            )
+        if not np.allclose(frame.pixel_spacing, first.pixel_spacing, rtol=1e-3):
+            raise PreprocessError(
+                f"inconsistent PixelSpacing: {frame.label} has {_fmt(frame.pixel_spacing)}, "
+                f"{first.label} has {_fmt(first.pixel_spacing)}"
+            )
+
+    normal = np.cross(row_cos, col_cos)
+    frames = _drop_repeats(frames, [float(frame.position @ normal) for frame in frames])
+    if len(frames) < 2:
+        raise PreprocessError("the series has 1 distinct image; a volume needs at least 2")
+    along = np.array([frame.position @ normal for frame in frames])
+    order = np.argsort(along, kind="stable")
+    gaps = np.diff(along[order])
+    gap = float(np.median(gaps))
+    if np.abs(gaps - gap).max() > spacing_tolerance * gap:
+        raise PreprocessError(
+            f"non-uniform slice spacing: gaps range from {gaps.min():.3f} to "
+            f"{gaps.max():.3f} mm (median {gap:.3f}); is a slice missing?"
+        )
+
+    return _Stack(frames, order, normal, row_cos, col_cos, gap)
+
+
+def same_images(datasets_or_paths: Sequence[DatasetOrPath]) -> bool:
+    """Whether single-frame CT images hold the same picture, in Hounsfield units.
+
+    Two instances at one slice position are one slice sent twice (for example
+    resent under a new SOP Instance UID) when this holds; otherwise they are
+    two different images and no volume can be built. The agent asks this of
+    the files at a shared position, :func:`volume_from_datasets` of its frames.
+
+    Raises:
+        PreprocessError: An image cannot be read or decoded.
+    """
+    datasets = [_load(item, i) for i, item in enumerate(datasets_or_paths)]
+    frames = [frame for i, ds in enumerate(datasets) for frame in _frames(ds, _label(ds, i))]
+    return all(_same_image(frames[0], frame) for frame in frames[1:])
+
+
 # --------------------------------------------------------------------------- internals
+
+
+def _same_image(a: _Frame, b: _Frame) -> bool:
+    if (a.rows, a.columns) != (b.rows, b.columns):
+        return False
+    if not np.allclose(a.orientation, b.orientation, atol=_COSINE_TOL):
+        return False
+    hu_a = a.pixels().astype(np.float64) * a.slope + a.intercept
+    hu_b = b.pixels().astype(np.float64) * b.slope + b.intercept
+    return bool(np.array_equal(hu_a, hu_b))
+
+
+def _drop_repeats(frames: list[_Frame], along: Sequence[float]) -> list[_Frame]:
+    """Frames without repeats: at a shared position, one copy of one image is kept.
+
+    Different images at one position cannot be ordered into a volume and are refused.
+    """
+    order = sorted(range(len(frames)), key=lambda i: along[i])
+    drop: set[int] = set()
+    kept = order[0]  # the first frame of the current run of shared positions
+    for prev, cur in itertools.pairwise(order):
+        if along[cur] - along[prev] >= DUPLICATE_MM:
+            kept = cur
+            continue
+        a, b = frames[kept], frames[cur]
+        if not _same_image(a, b):
+            raise PreprocessError(
+                f"duplicate slice position: {a.label} and {b.label} both lie at "
+                f"{along[kept]:.3f} mm along the slice normal and hold different images"
+            )
+        drop.add(cur)
+    return [frame for i, frame in enumerate(frames) if i not in drop]
 
 
 @dataclass(frozen=True)
@@ -274,12 +365,13 @@ class _Frame:
     pixels: Callable[[], np.ndarray]  # stored values, shape (rows, columns)
 
 
-def _load(item: DatasetOrPath, index: int) -> Dataset:
+def _load(item: DatasetOrPath, index: int, *, defer: bool = False) -> Dataset:
     if isinstance(item, Dataset):
         return item
     if isinstance(item, str | os.PathLike):
         try:
-            return pydicom.dcmread(item)
+            # Deferred values are read from the file when first used.
+            return pydicom.dcmread(item, defer_size="64 KB" if defer else None)
         except (OSError, InvalidDicomError) as exc:
             raise PreprocessError(
                 f"cannot read DICOM file {Path(item).name}: {_first_line(exc)}"
@@ -295,6 +387,11 @@ def _label(ds: Dataset, index: int) -> str:
         return f"file {Path(filename).name}"
     instance = ds.get("InstanceNumber")
     return f"dataset {index}" + (f" (InstanceNumber {instance})" if instance is not None else "")
+
+
+def _instance_label(ds: Dataset, index: int) -> str:
+    instance = ds.get("InstanceNumber")
+    return f"instance {instance}" if instance is not None else f"object {index + 1}"
 
 
 def _frames(ds: Dataset, label: str) -> list[_Frame]:

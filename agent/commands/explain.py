@@ -1,10 +1,11 @@
 """``hyperct-agent explain UID | --dir PATH``: why a series is (or is not) screened.
 
-With a UID, the series or study is read from the agent's database and judged
-now with the configured settings; the job row's stored state and reason are
-shown too. With ``--dir``, a folder of DICOM files is judged the same way
-without a running agent or database; the folder is taken as all there is, so
-completeness timers do not apply.
+With a UID, the series or study is read from the agent's database: each
+series shows its job row's state and the reasons the sweep recorded, and the
+completeness and eligibility checks judged now with the configured settings.
+With ``--dir``, a folder is decided by the sweep's own functions without a
+running agent or database; the folder is taken as all there is, so
+completeness timers do not apply. Files left out are counted per reason.
 """
 
 from __future__ import annotations
@@ -42,25 +43,34 @@ def run(args: argparse.Namespace) -> int:
 
 def _from_folder(folder: Path, config: Path | None) -> list[Any]:
     from agent.config import load_settings
-    from agent.series.explain import decide_studies
+    from agent.series.explain import decide_folder
     from agent.series.facts import read_folder
 
     settings = load_settings(config)
     if not folder.is_dir():
         raise AgentError(f"{folder}: not a folder")
-    found = read_folder(folder)
-    if not found.series:
-        others = f" ({len(found.skipped)} other files)" if found.skipped else ""
-        raise AgentError(f"{folder}: no DICOM files found{others}")
+    found = read_folder(folder, settings.node.accepted_sop_classes)
     if found.skipped:
-        print(f"note: {len(found.skipped)} files under {folder} are not readable DICOM; ignored")
-    return decide_studies(
-        found.series,
-        settings.completeness,
-        settings.eligibility,
-        datetime.now(UTC),
-        final=True,
+        print(skipped_summary(folder, found.skipped))
+    if not found.series:
+        reasons = " (reasons above)" if found.skipped else ""
+        raise AgentError(f"{folder}: no DICOM files found that the node would store{reasons}")
+    return decide_folder(
+        found.series, settings.completeness, settings.eligibility, datetime.now(UTC)
     )
+
+
+def skipped_summary(folder: Path, skipped: list[tuple[Path, str]], examples: int = 3) -> str:
+    """One line per reason, most files first, with a few file names relative to ``folder``."""
+    by_reason: dict[str, list[Path]] = {}
+    for path, reason in skipped:
+        by_reason.setdefault(reason, []).append(path)
+    lines = [f"skipped {len(skipped)} of the files under {folder}:"]
+    for reason, paths in sorted(by_reason.items(), key=lambda kv: (-len(kv[1]), kv[0])):
+        names = ", ".join(str(p.relative_to(folder)) for p in paths[:examples])
+        more = ", ..." if len(paths) > examples else ""
+        lines.append(f"  {len(paths)} {reason}: {names}{more}")
+    return "\n".join(lines) + "\n"
 
 
 def _from_database(uid: str, config: Path | None) -> tuple[list[Any], str | None]:
@@ -68,7 +78,7 @@ def _from_database(uid: str, config: Path | None) -> tuple[list[Any], str | None
     from sqlalchemy import select
 
     from agent.runtime import open_runtime
-    from agent.series.explain import JobNote, decide_studies
+    from agent.series.explain import JobNote, decide_stored
     from agent.series.facts import study_facts_from_db
     from storage.models import Job, Series, Study
 
@@ -81,7 +91,7 @@ def _from_database(uid: str, config: Path | None) -> tuple[list[Any], str | None
                 .where(Series.series_instance_uid == uid)
             )
             only_series = study_uid is not None
-            facts = study_facts_from_db(session, study_uid or uid)
+            facts = study_facts_from_db(session, study_uid or uid, runtime.settings.storage.root)
             if not facts:
                 raise AgentError(f"no series or study with UID {uid!r} in the database")
             jobs = {
@@ -101,8 +111,8 @@ def _from_database(uid: str, config: Path | None) -> tuple[list[Any], str | None
         settings = runtime.settings
     finally:
         runtime.close()
-    # Selection needs the whole study even when one series is asked for.
-    studies = decide_studies(
-        facts, settings.completeness, settings.eligibility, datetime.now(UTC), jobs=jobs
+    # The study's choice needs every series even when one is asked for.
+    studies = decide_stored(
+        facts, jobs, settings.completeness, settings.eligibility, datetime.now(UTC)
     )
     return studies, (uid if only_series else None)

@@ -23,17 +23,23 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from agent.config import Settings
 from agent.logs import get_logger
-from agent.series.completeness import judge_completeness
-from agent.series.eligibility import assess_eligibility
+from agent.series.decision import (
+    CHOSEN_STATES,
+    YIELDING_STATES,
+    Verdict,
+    judge_series,
+    place_in_study,
+)
 from agent.series.facts import SeriesFacts, facts_from_db, study_facts_from_db
-from agent.series.selection import choose_series
 from storage.models import Job, JobState, Series
 from storage.types import utcnow
 
 log = get_logger("agent.sweep")
 
-# States whose series have been chosen for screening in their study.
-_CHOSEN = (JobState.QUEUED, JobState.RUNNING, JobState.DONE, JobState.FAILED)
+# States whose series have been chosen for screening in their study; of those,
+# the ones not screened yet give way to a better series.
+CHOSEN = tuple(JobState(s) for s in CHOSEN_STATES)
+YIELDING = tuple(JobState(s) for s in YIELDING_STATES)
 _DECIDED = (JobState.DONE, JobState.INCOMPLETE, JobState.SKIPPED)
 
 
@@ -62,50 +68,47 @@ class Sweeper:
         ).one_or_none()
         if job is None or job.state != JobState.RECEIVING:
             return 0  # another process has it, or decided it meanwhile
-        facts = facts_from_db(session, job.series_id)
-        completeness = judge_completeness(facts, self.settings.completeness, now)
-        if completeness.state == "waiting":
-            job.reason = "; ".join(completeness.reasons) or None
+        facts = facts_from_db(session, job.series_id, self.settings.storage.root)
+        verdict = judge_series(facts, self.settings.completeness, self.settings.eligibility, now)
+        if verdict.state == "receiving":
+            job.reason = "; ".join(verdict.reasons) or None
             return 0
-        if completeness.state != "complete":
-            self._set(job, JobState.INCOMPLETE, completeness.reasons, facts, now)
+        if verdict.state == "incomplete":
+            self._set(job, JobState.INCOMPLETE, verdict.reasons, facts, now)
             return 0
-        eligibility = assess_eligibility(facts, self.settings.eligibility)
-        if not eligibility.eligible:
-            failed = [f"{c.name}: {c.detail}" for c in eligibility.checks if not c.passed]
-            self._set(job, JobState.SKIPPED, ["not eligible", *failed], facts, now)
+        if verdict.state == "skipped":
+            self._set(job, JobState.SKIPPED, verdict.reasons, facts, now)
             return 0
-        return self._select(session, job, facts, now)
+        return self._select(session, job, facts, verdict, now)
 
-    def _select(self, session: Session, job: Job, facts: SeriesFacts, now: datetime) -> int:
+    def _select(
+        self, session: Session, job: Job, facts: SeriesFacts, verdict: Verdict, now: datetime
+    ) -> int:
         """Screen one series per study: this one, or one already chosen."""
         siblings = {
             f.series_instance_uid: f
-            for f in study_facts_from_db(session, facts.study_instance_uid)
+            for f in study_facts_from_db(
+                session, facts.study_instance_uid, self.settings.storage.root
+            )
             if f.series_instance_uid != facts.series_instance_uid
         }
         rows = session.execute(
             select(Series.series_instance_uid, Job)
             .join(Job, Job.series_id == Series.id)
-            .where(Series.series_instance_uid.in_(siblings), Job.state.in_(_CHOSEN))
+            .where(Series.series_instance_uid.in_(siblings), Job.state.in_(CHOSEN))
         ).all()
         chosen_jobs = {uid: sibling for uid, sibling in rows}
-        if not chosen_jobs:
-            self._set(job, JobState.QUEUED, ["complete and eligible"], facts, now)
-            return 1
-        selection = choose_series([facts, *(siblings[uid] for uid in chosen_jobs)])
-        if selection.chosen_uid != facts.series_instance_uid:
-            reason = selection.reasons.get(facts.series_instance_uid, "another series was chosen")
-            self._set(job, JobState.SKIPPED, [f"not chosen: {reason}"], facts, now)
-            return 0
-        # This series is better; a sibling not screened yet gives way to it.
-        for uid, sibling in chosen_jobs.items():
-            if sibling.state in (JobState.QUEUED, JobState.FAILED):
-                reason = selection.reasons.get(uid, "another series was chosen")
-                self._set(sibling, JobState.SKIPPED, [f"not chosen: {reason}"], siblings[uid], now)
-        why = selection.reasons.get(facts.series_instance_uid, "chosen")
-        self._set(job, JobState.QUEUED, ["complete and eligible", why], facts, now)
-        return 1
+        placement = place_in_study(
+            verdict,
+            facts,
+            {uid: siblings[uid] for uid in chosen_jobs},
+            yielding=[uid for uid, j in chosen_jobs.items() if j.state in YIELDING],
+        )
+        for uid, reasons in placement.displaced.items():
+            self._set(chosen_jobs[uid], JobState.SKIPPED, reasons, siblings[uid], now)
+        state = JobState.QUEUED if placement.queued else JobState.SKIPPED
+        self._set(job, state, placement.reasons, facts, now)
+        return int(placement.queued)
 
     def _set(
         self, job: Job, state: JobState, reasons: list[str], facts: SeriesFacts, now: datetime

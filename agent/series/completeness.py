@@ -8,7 +8,10 @@ slice positions must also form a regular stack:
 - spacing: every step between sorted positions is the median step within
   ``spacing_tolerance`` (as a fraction of the median);
 - no gaps: a step close to k times the median means k - 1 missing slices;
-- no two instances at one position, one orientation for all instances;
+- no two different images at one position (one slice sent twice, e.g. under
+  a new SOP Instance UID, is read once: see
+  :func:`~agent.series.facts.settle_repeats`), one orientation for all
+  instances;
 - coverage: the stack spans at least ``min_coverage_mm``.
 
 Problems more instances could cure (missing slices, short coverage) keep the
@@ -19,8 +22,10 @@ instances without a position) make it partial as soon as the idle timer
 expires: waiting longer would only delay the verdict.
 
 An Enhanced CT (multi-frame) object is sent whole in one C-STORE, so its frames
-are complete by construction; its frame geometry is checked when the volume is
-read, because the database keeps one position per instance.
+are complete by construction; the database keeps one position per instance, so
+its frame geometry is read from the files with the volume reader's own checks
+(:func:`hyperct_core.volume.check_geometry`): a stack screening would refuse is
+partial here, not a failed job later.
 """
 
 from __future__ import annotations
@@ -32,12 +37,13 @@ from typing import Literal
 
 from agent.config import CompletenessSettings
 from agent.series.facts import SeriesFacts
+from hyperct_core.volume import DUPLICATE_MM as VOLUME_DUPLICATE_MM
 
 CompletenessState = Literal["waiting", "complete", "partial"]
 
-# Steps shorter than this are two slices at one position (positions are written
-# with a few decimals, PS3.5 6.2 DS).
-DUPLICATE_MM = 0.01
+# Steps shorter than this are two slices at one position: the volume reader's
+# value, so the two never disagree on what a shared position is.
+DUPLICATE_MM = VOLUME_DUPLICATE_MM
 
 
 @dataclass(frozen=True)
@@ -91,7 +97,7 @@ def measure_geometry(facts: SeriesFacts, tolerance: float) -> Geometry:
         missing_slices=missing,
         duplicate_positions=len(steps) - len(distinct),
         irregular_steps=irregular,
-        unpositioned=max(facts.instance_count - len(positions), 0),
+        unpositioned=max(facts.instance_count - facts.repeated_images - len(positions), 0),
     )
 
 
@@ -119,7 +125,8 @@ def _problems(
         )
     if g.duplicate_positions:
         incurable.append(
-            f"{_n(g.duplicate_positions, 'instance')} at a position another instance holds"
+            f"{_n(g.duplicate_positions, 'instance')} at a position another instance holds, "
+            "not with the same image"
         )
     if g.irregular_steps:
         incurable.append(
@@ -133,6 +140,26 @@ def _problems(
             f"coverage {g.coverage_mm:.1f} mm is below the minimum {settings.min_coverage_mm:g} mm"
         )
     return curable, incurable
+
+
+#: Why a folder's series is judged without timers (``explain --dir``).
+FOLDER_FINAL = "a folder: no more instances will arrive (timers do not apply)"
+
+
+def forced_reason(settings: CompletenessSettings) -> str:
+    """The clause of a series recorded partial by the force timer."""
+    return f"no instance completed it within the force timer ({settings.force_seconds:g} s idle)"
+
+
+def repeats_note(facts: SeriesFacts) -> list[str]:
+    """The note on slices sent twice, which are read once (empty when there are none)."""
+    if not facts.repeated_images:
+        return []
+    verb = "repeats" if facts.repeated_images == 1 else "repeat"
+    return [
+        f"{_n(facts.repeated_images, 'instance')} {verb} the image of another at the same "
+        "position (one slice sent twice, under a new SOP Instance UID); each slice is read once"
+    ]
 
 
 def judge_completeness(
@@ -155,7 +182,7 @@ def judge_completeness(
 
     if final:
         idle = float("inf")
-        timer = "a folder: no more instances will arrive (timers do not apply)"
+        timer = FOLDER_FINAL
         idle_deadline = force_deadline = None
     else:
         assert facts.last_received_at is not None
@@ -180,19 +207,19 @@ def judge_completeness(
     summary = describe_geometry(g)
     curable, incurable = _problems(facts, g, settings)
     if not curable and not incurable:
-        return Completeness("complete", [timer, f"regular stack: {summary}"], g)
+        return Completeness(
+            "complete", [timer, f"regular stack: {summary}", *repeats_note(facts)], g
+        )
     if incurable:
         return Completeness(
             "partial",
-            [*incurable, *curable, f"more instances cannot make it regular; {timer}", summary],
+            [*incurable, *curable, "more instances cannot make it regular", summary],
             g,
         )
     if final or idle >= settings.force_seconds:
-        forced = (
-            timer
-            if final
-            else (f"forced after {idle:.0f} s idle (force timer {settings.force_seconds:g} s)")
-        )
+        # Without the measured idle time: a stored reason and a folder's reason
+        # for the same slices then read the same except for this one clause.
+        forced = timer if final else forced_reason(settings)
         return Completeness("partial", [*curable, forced, summary], g)
     return Completeness(
         "waiting",
@@ -208,23 +235,31 @@ def judge_completeness(
 
 
 def _judge_multiframe(facts: SeriesFacts, timer: str) -> Completeness:
+    # Partial verdicts name no timer: more instances cannot cure them.
     if facts.multiframe_instances < facts.instance_count:
         return Completeness(
             "partial",
             [
                 f"mixes {facts.multiframe_instances} multi-frame and "
-                f"{facts.instance_count - facts.multiframe_instances} single-frame instances",
-                timer,
+                f"{facts.instance_count - facts.multiframe_instances} single-frame instances"
             ],
         )
     if not facts.orientation_consistent:
-        return Completeness("partial", ["multi-frame instances have different orientations", timer])
+        return Completeness("partial", ["multi-frame instances have different orientations"])
+    if facts.frame_problem is not None:
+        return Completeness(
+            "partial", [f"the frames cannot form one volume: {facts.frame_problem}"]
+        )
+    checked = (
+        "frame geometry checked as screening reads it"
+        if facts.frame_problem is None and facts.frames_checked
+        else "frame spacing and coverage are checked when the volume is read"
+    )
     return Completeness(
         "complete",
         [
             timer,
             f"multi-frame (Enhanced CT): {facts.instance_count} object(s), "
-            f"{facts.number_of_frames} frames, each object sent whole; "
-            "frame spacing and coverage are checked when the volume is read",
+            f"{facts.number_of_frames} frames, each object sent whole; {checked}",
         ],
     )

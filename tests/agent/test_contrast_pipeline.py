@@ -121,7 +121,8 @@ def test_contrast_by_tags_and_by_image(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     text = out.stdout
     assert f"chosen: series 3 'Thorax 3.0 Br40' {plain_sibling}" in text
-    assert "decision: skip: contrast by image: blood pool" in text
+    assert "decision: skipped" in text
+    assert "reason: contrast by image: blood pool" in text
     assert f"image check: blood pool {b.blood_pool_hu:.0f} HU, below 120 HU" in text
     assert "at or above 120 HU: enhanced" in text
 

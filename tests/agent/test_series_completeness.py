@@ -24,7 +24,7 @@ CASES = [
     ("regular complete", chest(), IDLE, "complete", "regular stack: 120 positioned slices"),
     ("still arriving", chest(), T0 + timedelta(seconds=5), "waiting", "still receiving"),
     ("gap waits", chest(slice_positions=GAP), IDLE, "waiting", "3 slices missing"),
-    ("gap forced partial", chest(slice_positions=GAP), FORCED, "partial", "forced after 601 s"),
+    ("gap forced partial", chest(slice_positions=GAP), FORCED, "partial", "force timer (600 s"),
     ("irregular spacing", chest(slice_positions=IRREGULAR), IDLE, "partial", "irregular spacing"),
     (
         "duplicate positions",

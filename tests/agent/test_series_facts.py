@@ -13,6 +13,8 @@ from pydicom.uid import EnhancedCTImageStorage, generate_uid
 from agent.config import CompletenessSettings
 from agent.series.completeness import judge_completeness
 from agent.series.facts import (
+    COPY,
+    NOT_DICOM,
     SeriesFacts,
     SeriesNotFound,
     facts_from_db,
@@ -99,8 +101,9 @@ def test_enhanced_ct_in_the_db_and_in_a_file(node: NodeUnderTest, tmp_path: Path
     (path,) = write_series([ds], tmp_path / "enh")
     assert scu_send(node.port, [ds], sop_class=EnhancedCTImageStorage) == [0]
     with node.sessions() as session:
-        stored = facts_from_db(session, ds.SeriesInstanceUID)
+        stored = facts_from_db(session, ds.SeriesInstanceUID, node.store.root)
     (from_file,) = facts_from_files([path])
+    assert stored.frames_checked and stored.frame_problem is None
     assert _untimed(stored) == _untimed(from_file)
     assert (stored.instance_count, stored.number_of_frames, stored.multiframe_instances) == (
         1,
@@ -122,4 +125,4 @@ def test_files_that_are_not_dicom_or_repeat_an_instance_are_set_aside(tmp_path: 
     junk.write_text("not DICOM")
     found = read_files([*files, copy, junk])
     assert [f.instance_count for f in found.series] == [4]
-    assert [p for p, _ in found.skipped] == [junk]
+    assert found.skipped == [(copy, COPY), (junk, NOT_DICOM)]

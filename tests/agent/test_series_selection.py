@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from agent.config import CompletenessSettings, EligibilitySettings
-from agent.series.explain import decide_studies
+from agent.series.explain import decide_folder
 from agent.series.selection import choose_series
 from tests.agent.series_cases import IDLE_NOW, chest, stack
 
@@ -92,17 +92,25 @@ def test_issue_study_localizer_contrast_thick_and_thin_screens_only_the_thin() -
         series_description="CHEST 5.0",
         slice_positions=stack(60, spacing=5.0),
     )
-    (study,) = decide_studies(
+    (study,) = decide_folder(
         [localizer, contrast, thick, THIN],
         CompletenessSettings(),
         EligibilitySettings(),
         IDLE_NOW,
     )
-    outcome = {d.facts.series_instance_uid: d.outcome for d in study.series}
-    assert outcome == {"1.2.3.1": "skip", "1.2.3.2": "skip", "1.2.3.4": "skip", "1.2.3.5": "screen"}
-    assert study.chosen is not None and study.chosen.facts is THIN
-    why = {d.facts.series_instance_uid: d.summary for d in study.series}
-    assert "image_type" in why["1.2.3.1"] and "series_kind" in why["1.2.3.1"]
+    state = {d.facts.series_instance_uid: d.state for d in study.series}
+    # The sweep judges completeness first: one slice is never a stack.
+    assert state == {
+        "1.2.3.1": "incomplete",
+        "1.2.3.2": "skipped",
+        "1.2.3.4": "skipped",
+        "1.2.3.5": "queued",
+    }
+    assert [d.facts for d in study.chosen] == [THIN]
+    why = {d.facts.series_instance_uid: d.reason or "" for d in study.series}
+    assert "coverage 0.0 mm is below the minimum 150 mm" in why["1.2.3.1"]
+    loc = next(d for d in study.series if d.facts is localizer).verdict.eligibility
+    assert {c.name for c in loc.failed} >= {"image_type", "series_kind"}
     assert "non_contrast: Contrast/Bolus Agent is 'IOPAMIDOL'" in why["1.2.3.2"]
     assert "slice_thickness: 5 mm outside 0.5-3 mm" in why["1.2.3.4"]
 
@@ -114,12 +122,12 @@ def test_a_thin_series_with_a_missing_slice_is_partial_and_the_next_best_is_scre
         "1.2.3.5", series_number=5, slice_thickness=1.0, slice_positions=tuple(holed)
     )
     forced = IDLE_NOW.replace(hour=13)  # an hour idle: past the forced timeout
-    (study,) = decide_studies(
+    (study,) = decide_folder(
         [thin_holed, THICK], CompletenessSettings(), EligibilitySettings(), forced
     )
     holed_decision = next(d for d in study.series if d.facts is thin_holed)
-    assert holed_decision.completeness.state == "partial"
-    reasons = holed_decision.completeness.reasons
+    assert holed_decision.verdict.completeness.state == "partial"
+    reasons = holed_decision.verdict.completeness.reasons
     assert reasons[0] == "1 slice missing (gaps in the slice positions)"
-    assert holed_decision.outcome == "skip"
-    assert study.chosen is not None and study.chosen.facts is THICK
+    assert holed_decision.state == "incomplete"
+    assert [d.facts for d in study.chosen] == [THICK]

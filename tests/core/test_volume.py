@@ -15,7 +15,9 @@ from pydicom.uid import SecondaryCaptureImageStorage, generate_uid
 from hyperct_core.errors import PreprocessError
 from hyperct_core.volume import (
     HUVolume,
+    check_geometry,
     describe_orientation,
+    same_images,
     volume_from_array,
     volume_from_datasets,
 )
@@ -120,6 +122,36 @@ def test_unreadable_file_is_refused(tmp_path: Path) -> None:
         volume_from_datasets([tmp_path / "missing.dcm"])
 
 
+def test_a_slice_sent_twice_is_read_once() -> None:
+    # A resend under a new SOP Instance UID: the same image at the same position.
+    series = make_series(GRID)
+    twin = copy.deepcopy(series[3])
+    twin.SOPInstanceUID = generate_uid()
+    volume = volume_from_datasets([*series, twin])
+    np.testing.assert_array_equal(volume.array, REFERENCE)
+    assert same_images([series[3], twin]) and not same_images([series[3], series[4]])
+    # The same stored values under another rescale are another image.
+    twin.RescaleIntercept = float(twin.RescaleIntercept) + 1
+    assert not same_images([series[3], twin])
+
+
+def test_check_geometry_reads_headers_and_refuses_what_the_volume_refuses(
+    tmp_path: Path,
+) -> None:
+    ds = make_enhanced(GRID)
+    path = tmp_path / "enhanced.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    check_geometry([path])  # a regular stack: no complaint
+    frames = ds.PerFrameFunctionalGroupsSequence
+    frames[5].PlanePositionSequence[0].ImagePositionPatient = [0.0, 0.0, 500.0]
+    ds.save_as(path, enforce_file_format=True)
+    with pytest.raises(PreprocessError, match="non-uniform slice spacing") as refused:
+        check_geometry([path])
+    with pytest.raises(PreprocessError) as read:
+        volume_from_datasets([path])
+    assert str(refused.value) == str(read.value)
+
+
 def test_a_small_oblique_tilt_maps_to_the_nearest_axial_orientation() -> None:
     angle = np.deg2rad(5)
     series = make_series(GRID)
@@ -159,9 +191,11 @@ def _inconsistent_spacing() -> list[Dataset]:
 
 
 def _duplicate() -> list[Dataset]:
+    """Two different images at one position (not a resent copy)."""
     series = _series()
     twin = copy.deepcopy(series[3])
     twin.SOPInstanceUID = generate_uid()
+    twin.PixelData = series[4].PixelData
     return [*series, twin]
 
 
@@ -213,7 +247,7 @@ BAD_SERIES: dict[str, tuple[Callable[[], list[Dataset]], str]] = {
     "mixed orientations": (_mixed_orientation, "mixed orientations: dataset 4"),
     "inconsistent rows/columns": (_inconsistent_size, "inconsistent image size"),
     "inconsistent pixel spacing": (_inconsistent_spacing, "inconsistent PixelSpacing"),
-    "duplicate positions": (_duplicate, "duplicate slice position"),
+    "duplicate positions": (_duplicate, "duplicate slice position: .* different images"),
     "missing slice": (_missing_slice, "non-uniform slice spacing"),
     "two series": (_two_series, "2 different series"),
     "missing pixel data": (_deleted("PixelData"), "dataset 2 .*has no pixel data"),
