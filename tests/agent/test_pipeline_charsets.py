@@ -96,7 +96,7 @@ def test_japanese_series_with_invalid_birth_date_reaches_the_pacs(tmp_path: Path
         [audited] = s.scalars(
             select(AuditEvent).where(AuditEvent.event_type == "report_content")
         ).all()
-        assert audited.outcome == "attributes_omitted"
+        assert audited.outcome == "attributes_omitted" and audited.detail is not None
         assert [o["attribute"] for o in audited.detail["omitted"]] == ["PatientBirthDate"]
         assert audited.detail["character_set"] == "\\ISO 2022 IR 87"
     log = log_text(serve)

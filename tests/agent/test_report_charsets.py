@@ -151,7 +151,7 @@ class Quiet:
         self.caught = self._cm.__enter__()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, *exc: Any) -> None:
         self._cm.__exit__(*exc)
 
     def text(self) -> str:
@@ -423,6 +423,7 @@ def test_omissions_are_audited_by_name_only(session: Session, tmp_path):
     assert (row.event_type, row.outcome) == ("report_content", "attributes_omitted")
     assert row.series_instance_uid == headers[0].SeriesInstanceUID
     assert row.study_instance_uid == headers[0].StudyInstanceUID
+    assert row.detail is not None
     assert [o["attribute"] for o in row.detail["omitted"]] == ["PatientBirthDate", "StudyTime"]
     stored = json.dumps(row.detail)
     assert "1950010X" not in stored and "25xx" not in stored and CANARY_NAME not in stored
