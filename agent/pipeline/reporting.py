@@ -10,6 +10,7 @@ from pydicom.dataset import Dataset
 from agent.config import ReportSettings
 from agent.pipeline.screen import ClaimedJob
 from agent.report import Findings, ModelIdentity, build_reports
+from agent.report.source import carried_source
 from storage.files import InstanceStore, report_rel_path
 
 #: The report kind stored per object, by SOP Class UID.
@@ -33,6 +34,8 @@ class ReportFiles:
     ) -> list[tuple[str, str, str, str]]:
         # Headers are enough: the reports cite the images, they do not copy pixels.
         sources = [dcmread(path, stop_before_pixels=True) for path in job.paths]
+        # What the reports take from the first source; the screener audits omissions.
+        job.carried = carried_source(sources[0]) if sources else None
         written = []
         for report in build_reports(
             sources,

@@ -33,8 +33,10 @@ from agent.config import Settings
 from agent.logs import get_logger
 from agent.pipeline.model import ModelHolder
 from agent.report import Findings, ModelIdentity, ReportInputError, referral
+from agent.report.source import CarriedSource
 from agent.series.eligibility import CONTRAST_BY_IMAGE, ContrastByTags, contrast_by_tags
 from agent.series.facts import facts_from_db
+from storage.audit import audit
 from storage.files import InstanceStore
 from storage.models import Instance, Job, JobState, Report, Result, Series
 from storage.queue import claim_jobs, fail_job, finish_job, requeue_stale_jobs, skip_job
@@ -58,6 +60,9 @@ class ClaimedJob:
     # The image check's outcome: median blood-pool HU (None: not measured) and its line.
     blood_pool_hu: float | None = None
     image_check: str | None = None
+    #: Set by the report writer when the reports leave source attributes out;
+    #: audited with the results, in the same transaction.
+    carried: CarriedSource | None = None
 
 
 #: Builds the report objects of a screened series and writes them durably;
@@ -291,6 +296,7 @@ class Screener:
                             revision=revision,
                         )
                     )
+            omitted = self._audit_omissions(session, job)
             finished = finish_job(
                 session,
                 job.job_id,
@@ -315,7 +321,29 @@ class Screener:
             reports=len(written),
             report_seconds=round(time.monotonic() - started, 3),
         )
+        if omitted:
+            # Attribute names only: the values are patient data.
+            log.warning(
+                "reports leave out invalid source attributes", job=job.job_id, omitted=omitted
+            )
         return 1
+
+    @staticmethod
+    def _audit_omissions(session: Session, job: ClaimedJob) -> str | None:
+        """An audit row naming what the reports could not carry from the source (no values)."""
+        carried = job.carried
+        if carried is None or not carried.omitted:
+            return None
+        study = carried.dataset.get("StudyInstanceUID")
+        audit(
+            session,
+            "report_content",
+            "attributes_omitted",
+            study_instance_uid=str(study) if study else None,
+            series_instance_uid=job.series_uid,
+            detail=carried.audit_detail(),
+        )
+        return ",".join(o.attribute for o in carried.omitted)
 
     def _fail(self, job: ClaimedJob, error: str, *, retry: bool) -> None:
         pipeline = self.settings.pipeline

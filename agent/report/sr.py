@@ -39,6 +39,7 @@ from agent import __version__
 from agent.report import codes as rc
 from agent.report.inputs import Findings, ModelIdentity, ReportInputError
 from agent.report.referral import referral, rule_parameters
+from agent.report.source import carried_source
 from agent.report.uids import ReportUIDs
 from hyperct_core.tasks import task_by_name
 
@@ -209,26 +210,13 @@ class EchoReferralGroup(hd.sr.MeasurementsAndQualitativeEvaluations):
         )
 
 
-# Type 2 Patient and General Study attributes that highdicom reads from the first source.
-_TYPE2_FROM_SOURCE = (
-    "PatientName",
-    "PatientID",
-    "PatientBirthDate",
-    "PatientSex",
-    "StudyDate",
-    "StudyTime",
-    "AccessionNumber",
-    "StudyID",
-    "ReferringPhysicianName",
-)
-
-
 def prepare_source(source: Sequence[Dataset]) -> list[Dataset]:
     """Check that ``source`` is one series of one study; return it as evidence.
 
-    A source that omits a Type 2 patient or study attribute (PS3.3 C.7.1.1,
-    C.7.2.1) is legal, but highdicom reads them unconditionally; the first
-    dataset is replaced by a shallow copy carrying them empty, as the SR must.
+    highdicom copies the patient, study and equipment attributes of the first
+    dataset into the SR; it gets them vetted and decoded instead
+    (:func:`agent.report.source.carried_source`): a character set or an
+    invalid value in the source never stops a report, and the SR is UTF-8.
     """
     if not source:
         raise ReportInputError("report: no source images")
@@ -239,13 +227,7 @@ def prepare_source(source: Sequence[Dataset]) -> list[Dataset]:
     if len(study) != 1 or len(series) != 1:
         raise ReportInputError("report: source images must be one series of one study")
     evidence = list(source)
-    missing = [k for k in _TYPE2_FROM_SOURCE if k not in evidence[0]]
-    if missing:
-        # A new element dict (values shared): the caller's dataset stays as it was.
-        first = Dataset(dict(evidence[0].items()))
-        for keyword in missing:
-            setattr(first, keyword, "")
-        evidence[0] = first
+    evidence[0] = carried_source(evidence[0]).dataset  # the caller's dataset stays as it was
     return evidence
 
 
