@@ -88,11 +88,12 @@ class Screener:
         from hyperct_core.preprocess import preprocess_series
 
         config = predictor.card.preprocess_config()
+        budget = self.settings.pipeline.max_series_bytes  # estimated from headers, pre-decoding
         images, ready = [], []
         started = time.monotonic()
         for job in claimed:
             try:
-                images.append(preprocess_series(job.paths, config))
+                images.append(preprocess_series(job.paths, config, max_bytes=budget))
                 ready.append(job)
             except PreprocessError as exc:  # the series itself is unusable: no retry helps
                 self._fail(job, f"cannot make a volume: {exc}", retry=False)
