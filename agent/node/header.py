@@ -198,6 +198,7 @@ def read_header(
     """
     try:
         fp: BinaryIO
+        reaches: Callable[[int], bool]
         if transfer_syntax == DeflatedExplicitVRLittleEndian:
             # Inflated as it is read, never whole: a deflate bomb (1000:1) would
             # otherwise turn a capped dataset into gigabytes.
@@ -225,13 +226,32 @@ _UNDEFINED = 0xFFFFFFFF
 _LONG_LENGTH_VRS = frozenset({b"OB", b"OW", b"OD", b"OF", b"OL", b"OV", b"UN", b"SQ", b"UT"})
 
 
-def _image_pixel(ds: Dataset, limits: ReceiveLimits) -> tuple[int, int, int, int, int]:
+def _raw_int(ds: Dataset, tag: int, endian: str) -> int | None:
+    """A US or IS value straight from its raw bytes: pydicom's conversion costs more than
+    the rest of the pixel check, once per instance."""
+    element = ds.get_item(tag)
+    if element is None:
+        return None
+    value = element.value
+    if not isinstance(value, bytes):  # already converted
+        return _int(ds, element.keyword) if value not in (None, "") else None
+    if len(value) == 2 and element.VR in (None, "US"):  # implicit VR: US by dictionary
+        return int(struct.unpack(endian + "H", value)[0])
+    try:
+        number = int(value.strip(b" \x00"))
+    except ValueError:
+        return None
+    return number if -(2**31) <= number < 2**31 else None
+
+
+def _image_pixel(ds: Dataset, limits: ReceiveLimits, endian: str) -> tuple[int, int, int, int, int]:
     """Rows, Columns, Samples per Pixel, Bits Allocated and frames, checked against ``limits``."""
-    rows, columns, bits = _int(ds, "Rows"), _int(ds, "Columns"), _int(ds, "BitsAllocated")
+    rows, columns = _raw_int(ds, 0x00280010, endian), _raw_int(ds, 0x00280011, endian)
+    bits = _raw_int(ds, 0x00280100, endian)
     if not rows or not columns or not bits or rows < 0 or columns < 0:
         raise UnreadableHeader("Pixel Data without valid Rows, Columns and Bits Allocated")
-    samples = _int(ds, "SamplesPerPixel") or 1
-    frames = _int(ds, "NumberOfFrames") if "NumberOfFrames" in ds else 1
+    samples = _raw_int(ds, 0x00280002, endian) or 1
+    frames = _raw_int(ds, 0x00280008, endian) if 0x00280008 in ds else 1
     if frames is None or frames < 1 or samples < 1 or not (bits == 1 or bits % 8 == 0):
         raise UnreadableHeader("invalid Number of Frames, Samples per Pixel or Bits Allocated")
     if rows * columns > limits.max_frame_pixels:
@@ -280,7 +300,7 @@ def _check_pixel_data(
         (length,) = struct.unpack(endian + "I", extra)
     else:
         (length,) = struct.unpack(endian + "H", head[6:])
-    rows, columns, samples, bits, frames = _image_pixel(ds, limits)
+    rows, columns, samples, bits, frames = _image_pixel(ds, limits, endian)
     if transfer_syntax.is_encapsulated:
         if length != _UNDEFINED:
             raise UnreadableHeader("encapsulated Pixel Data without undefined length")
@@ -371,7 +391,7 @@ class _InflatingReader:
             if keep_from > self._base:  # drop what no read can come back to
                 del self._buffer[: keep_from - self._base]
                 self._base = keep_from
-            source = self._inflater.unconsumed_tail
+            source: bytes | memoryview = self._inflater.unconsumed_tail
             if not source:
                 if self._fed >= len(self._data):
                     self._ended = True  # the stream is truncated: the data ends here
