@@ -282,9 +282,12 @@ def preprocess_series(
     cube and its few working copies are counted too.
     """
     config = config or PreprocessConfig()
-    if max_bytes is not None:
-        max_bytes -= 6 * 4 * config.volume_size**3  # float32 cubes alive at once, at most
-    volume = volume_from_datasets(datasets_or_paths, config.orientation, max_bytes=max_bytes)
+    volume = volume_from_datasets(
+        datasets_or_paths,
+        config.orientation,
+        max_bytes=max_bytes,
+        extra_bytes=6 * 4 * config.volume_size**3,  # float32 cubes alive at once, at most
+    )
     return images_from_volume(volume, config)
 
 

@@ -177,6 +177,7 @@ def volume_from_datasets(
     *,
     spacing_tolerance: float = 0.2,
     max_bytes: int | None = None,
+    extra_bytes: int = 0,
 ) -> HUVolume:
     """Build a HU volume from the images of one CT series.
 
@@ -198,6 +199,8 @@ def volume_from_datasets(
             gap; beyond it the series is refused (usually a missing slice).
         max_bytes: Refuse the series (:class:`SeriesTooLarge`) when reading it would
             need more memory than this; ``None`` sets no bound.
+        extra_bytes: What the caller needs beside the volume (e.g. preprocessing),
+            counted against ``max_bytes`` too.
 
     Raises:
         PreprocessError: The series cannot become one volume; the message says why.
@@ -237,7 +240,7 @@ def volume_from_datasets(
                 f"{first.label} has {_fmt(first.pixel_spacing)}"
             )
     if max_bytes is not None:
-        needed = reading_bytes(frames, sources)
+        needed = reading_bytes(frames, sources) + extra_bytes
         if needed > max_bytes:
             raise SeriesTooLarge(
                 f"reading the series needs about {needed / 2**20:,.0f} MiB "
@@ -542,7 +545,11 @@ def _decode(ds: Dataset, label: str) -> np.ndarray:
     _check_codestreams(ds, label)
     try:
         return ds.pixel_array
-    except Exception as exc:  # pydicom raises many types for bad or undecodable data
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # pydicom raises many types for bad or undecodable data;
+        # a Rust decoder (pylibjpeg-rle) panics on a frame that overruns its header's size,
+        # and a panic is a BaseException: it must not take the screening loop down with it.
         raise PreprocessError(f"cannot decode pixel data of {label}: {_first_line(exc)}") from None
 
 

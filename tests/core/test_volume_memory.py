@@ -9,6 +9,7 @@ memory is measured in a separate process, against a baseline taken there.
 from __future__ import annotations
 
 import json
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from pydicom.dataset import Dataset
-from pydicom.uid import DeflatedExplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLossless
+from pydicom.encaps import encapsulate
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGLSLossless,
+    RLELossless,
+)
 
 from hyperct_core.errors import PreprocessError
 from hyperct_core.volume import SeriesTooLarge, volume_from_datasets
@@ -149,3 +156,18 @@ def test_deflated_series_is_screened_within_the_budget(tmp_path: Path, warm_seri
     result = peak_reading(warm_series, tmp_path / "ok", budget)
     assert str(result["outcome"]).startswith("screened")
     assert int(result["peak"]) <= int(result["baseline"]) + budget  # type: ignore[call-overload]
+
+
+def test_rle_frame_that_overruns_its_header_is_refused_not_fatal() -> None:
+    # Runs of 129 zeros: 2 MiB of segment expand to 129 MiB where the header allows 4 KiB.
+    # pylibjpeg-rle decodes into a buffer of the header's size and panics (a BaseException).
+    series = make_series(GRID)
+    segment = bytes([0x81, 0x00]) * (1 << 20)
+    header = struct.pack("<16I", 2, 64, 64 + len(segment), *([0] * 13))
+    bomb = series[3]
+    bomb.file_meta.TransferSyntaxUID = RLELossless
+    bomb.PixelData = encapsulate([header + segment + segment])
+    bomb["PixelData"].VR = "OB"
+    bomb["PixelData"].is_undefined_length = True
+    with pytest.raises(PreprocessError, match="cannot decode pixel data"):
+        volume_from_datasets(series)
