@@ -3,7 +3,7 @@
 Every outcome becomes a DIMSE status; no exception crosses the wire. An
 instance is acknowledged only after its bytes are fsync'd under their final
 name and its row is committed. A refusal says why in the response's Error
-Comment (PS3.7 C.4.2.1.4) and leaves nothing behind: the temp file a refused
+Comment (PS3.7 Annex C) and leaves nothing behind: the temp file a refused
 instance was staged in is removed before the answer goes out, whatever the
 path that refused it.
 """
@@ -55,7 +55,7 @@ def receive_limits(settings: NodeSettings) -> ReceiveLimits:
 
 
 def _refusal(code: int, reason: str) -> Dataset:
-    """A failure status with its reason as Error Comment (PS3.7 C.4.2.1.4; LO, 64 chars)."""
+    """A failure status with its reason as Error Comment (PS3.7 Annex C; LO: 64 characters)."""
     answer = Dataset()
     answer.Status = code
     answer.ErrorComment = reason.encode("ascii", "replace").decode()[:64]
