@@ -308,10 +308,8 @@ def _check_pixel_data(
     else:
         expected = -(-rows * columns * samples * frames * bits // 8)
         if length not in (expected, expected + (expected & 1)):
-            raise UnreadableHeader(
-                f"Pixel Data holds {length} bytes; Rows, Columns, Samples per Pixel, "
-                f"Bits Allocated and frames make {expected}"
-            )
+            # Short enough for the Error Comment the sender sees (64 characters).
+            raise UnreadableHeader(f"Pixel Data holds {length} bytes, the image needs {expected}")
         end = fp.tell() + length
         if not reaches(end):
             raise UnreadableHeader("Pixel Data's length runs beyond the end of the data")

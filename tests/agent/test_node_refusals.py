@@ -313,5 +313,5 @@ def test_storescu_sees_the_status_and_the_reason(node: NodeUnderTest, tmp_path: 
     proc = node.storescu(path, extra=("-d",))
     output = proc.stdout + proc.stderr
     assert "0xc210" in output.lower()
-    assert "Pixel Data holds 8190 bytes" in output
+    assert "Pixel Data holds 8190 bytes, the image needs 8192" in output
     assert node.counts() == (0, 0) and node.temp_files() == []
