@@ -86,6 +86,9 @@ class NodeSettings(_Section):
     # Largest dataset one C-STORE may carry; a peer sending more is aborted while
     # it sends, before the excess is buffered.
     max_dataset_bytes: Annotated[int, Field(ge=1024)] = 1 << 30
+    # An image beyond these is refused at receive (0xC213), read from the header.
+    max_frame_pixels: Annotated[int, Field(ge=1)] = 4096 * 4096  # Rows x Columns
+    max_frames: Annotated[int, Field(ge=1)] = 4096  # Number of Frames of one instance
     max_pdu: Annotated[int, Field(ge=0)] = 0
     timeouts: Timeouts = Timeouts()
     # Storage SOP classes accepted besides CT and Enhanced CT.
@@ -330,6 +333,9 @@ class PipelineSettings(_Section):
     retry_seconds: PositiveSeconds = 60.0
     # A job claimed for longer than this by a process that stopped is claimed again.
     claim_timeout_seconds: PositiveSeconds = 3600.0
+    # Memory one series may need while it is read and preprocessed, estimated from its
+    # headers before any pixel is decoded; a series over it fails without retry.
+    max_series_bytes: Annotated[int, Field(ge=1 << 20)] = 4 << 30
 
 
 class ReferralSettings(_Section):

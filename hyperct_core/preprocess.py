@@ -269,13 +269,30 @@ def _flip_dim(config: PreprocessConfig) -> int:
     return 2 if config.orientation[0] in letters else 1
 
 
+def preprocess_bytes(config: PreprocessConfig) -> int:
+    """Memory preprocessing needs beside the volume: the float32 cubes alive at once, at most."""
+    return 6 * 4 * config.volume_size**3
+
+
 def preprocess_series(
     datasets_or_paths: Iterable[DatasetOrPath],
     config: PreprocessConfig | None = None,
+    *,
+    max_bytes: int | None = None,
 ) -> torch.Tensor:
-    """DICOM CT series (datasets or file paths, any order) to inference images ``(n, 3, H, W)``."""
+    """DICOM CT series (datasets or file paths, any order) to inference images ``(n, 3, H, W)``.
+
+    ``max_bytes`` bounds the memory this needs, estimated from the headers before any
+    pixel is decoded (:func:`~hyperct_core.volume.volume_from_datasets`); the resized
+    cube and its few working copies are counted too.
+    """
     config = config or PreprocessConfig()
-    volume = volume_from_datasets(datasets_or_paths, config.orientation)
+    volume = volume_from_datasets(
+        datasets_or_paths,
+        config.orientation,
+        max_bytes=max_bytes,
+        extra_bytes=preprocess_bytes(config),
+    )
     return images_from_volume(volume, config)
 
 

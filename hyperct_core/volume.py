@@ -21,8 +21,11 @@ fixed-size resize that follows ignores spacing anyway).
 
 from __future__ import annotations
 
+import io
 import itertools
 import os
+import struct
+import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,8 +33,11 @@ from typing import Any
 
 import numpy as np
 import pydicom
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileDataset
+from pydicom.encaps import generate_fragmented_frames
 from pydicom.errors import InvalidDicomError
+from pydicom.filereader import read_dataset, read_file_meta_info
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from hyperct_core.errors import PreprocessError
 
@@ -64,6 +70,12 @@ _COSINE_TOL = 1e-3  # direction cosines that differ by less are the same orienta
 # decimal strings with a few decimals, PS3.5 6.2 DS); the agent's completeness
 # check uses the same value.
 DUPLICATE_MM = 0.01
+# Attributes before Pixel Data of any real instance fit well within this, inflated.
+_MAX_INFLATED_HEADER = 16 << 20
+
+
+class SeriesTooLarge(PreprocessError):
+    """The series would need more memory than allowed; it was refused before any decoding."""
 
 
 def parse_orientation(code: str) -> tuple[tuple[int, int], ...]:
@@ -167,6 +179,8 @@ def volume_from_datasets(
     orientation: str = CANONICAL_ORIENTATION,
     *,
     spacing_tolerance: float = 0.2,
+    max_bytes: int | None = None,
+    extra_bytes: int = 0,
 ) -> HUVolume:
     """Build a HU volume from the images of one CT series.
 
@@ -176,22 +190,40 @@ def volume_from_datasets(
     RescaleSlope/RescaleIntercept (PS3.3 C.8.2.1, CT Image Module). Enhanced CT
     multi-frame images are read through their functional groups (PS3.3 C.7.6.16).
 
+    Files are read twice: their headers first (never the pixels), then one file at a
+    time for its pixels, which go straight into the volume in its final orientation.
+    Memory therefore peaks at the volume plus one instance, which the headers tell
+    before anything is decoded; ``max_bytes`` bounds that estimate.
+
     Args:
         datasets_or_paths: pydicom datasets and/or paths of DICOM files, in any order.
         orientation: Orientation code of the result (module docstring).
         spacing_tolerance: Largest relative deviation of a slice gap from the median
             gap; beyond it the series is refused (usually a missing slice).
+        max_bytes: Refuse the series (:class:`SeriesTooLarge`) when reading it would
+            need more memory than this; ``None`` sets no bound.
+        extra_bytes: What the caller needs beside the volume (e.g. preprocessing),
+            counted against ``max_bytes`` too.
 
     Raises:
         PreprocessError: The series cannot become one volume; the message says why.
     """
     parse_orientation(orientation)
-    datasets = [_load(item, i) for i, item in enumerate(datasets_or_paths)]
-    stack = _stack(datasets, spacing_tolerance)
+    sources = [_source(item, i) for i, item in enumerate(datasets_or_paths)]
+    stack = _stack(sources, spacing_tolerance, max_bytes=max_bytes, extra_bytes=extra_bytes)
     frames, order, first, gap = stack.frames, stack.order, stack.frames[0], stack.gap
     normal, row_cos, col_cos = stack.normal, stack.row_cos, stack.col_cos
 
-    array = np.empty((len(frames), first.rows, first.columns), dtype=np.float32)
+    # Acquisition axes: slices ascend along the normal; row index follows the column
+    # cosine, column index the row cosine (PS3.3 C.7.6.2.1.1).
+    directions = np.stack([normal, col_cos, row_cos])
+    spacing = (gap, first.pixel_spacing[0], first.pixel_spacing[1])  # PixelSpacing is row\col
+    transpose, flips = _reorientation(directions, orientation)
+    acquired_shape = (len(frames), first.rows, first.columns)
+    # Allocated in the final orientation and written through a view in acquisition
+    # order: reorienting never copies the volume.
+    array = np.empty(tuple(acquired_shape[i] for i in transpose), dtype=np.float32)
+    acquired = (np.flip(array, axis=flips) if flips else array).transpose(np.argsort(transpose))
     for dst, src in enumerate(order):
         frame = frames[src]
         pixels = frame.pixels()
@@ -200,19 +232,37 @@ def volume_from_datasets(
                 f"{frame.label}: pixel data has shape {pixels.shape}, header says "
                 f"{first.rows}x{first.columns}"
             )
-        out = array[dst]
+        out = acquired[dst]
         out[...] = pixels
+        del pixels
         if frame.slope != 1.0:
             out *= frame.slope
         if frame.intercept != 0.0:
             out += frame.intercept
+    new_spacing = tuple(float(spacing[i]) for i in transpose)
+    return HUVolume(_readonly(array), new_spacing, orientation)  # type: ignore[arg-type]
 
-    # Acquisition axes: slices ascend along the normal; row index follows the column
-    # cosine, column index the row cosine (PS3.3 C.7.6.2.1.1).
-    directions = np.stack([normal, col_cos, row_cos])
-    spacing = (gap, first.pixel_spacing[0], first.pixel_spacing[1])  # PixelSpacing is row\col
-    array, spacing = _reorient(array, spacing, directions, orientation)
-    return HUVolume(_readonly(np.ascontiguousarray(array)), spacing, orientation)
+
+def reading_bytes(frames: Sequence[_Frame], sources: Sequence[tuple[Dataset, Any]]) -> int:
+    """Memory that reading a series needs, from its headers alone.
+
+    The float32 volume, plus the largest instance while it is decoded: its file
+    as read, its Pixel Data value (inflated when deflated) and the decoded array.
+    """
+    rows, columns = frames[0].rows, frames[0].columns
+    volume = len(frames) * rows * columns * 4
+    largest = max(_instance_bytes(ds, full) for ds, full in sources)
+    return volume + largest
+
+
+def _instance_bytes(ds: Dataset, full: Any) -> int:
+    rows, columns = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    item = max(1, -(-int(ds.get("BitsAllocated", 16) or 16) // 8))
+    decoded = rows * columns * frames * samples * item
+    on_disk = int(getattr(full, "file_size", 0))
+    return on_disk + 2 * decoded
 
 
 def check_geometry(
@@ -220,19 +270,18 @@ def check_geometry(
 ) -> None:
     """Run the checks of :func:`volume_from_datasets` that the headers answer.
 
-    Files are read with their pixel data deferred: pixels are decoded only
-    where two frames share a position (to tell one slice sent twice from two
-    images). The agent asks this of an Enhanced CT series when it decides
-    whether the series is complete, so a series screening would refuse is
-    judged so before it is queued.
+    Only headers are read: pixels are decoded only where two frames share a
+    position (to tell one slice sent twice from two images). The agent asks
+    this of an Enhanced CT series when it decides whether the series is
+    complete, so a series screening would refuse is judged so before it is queued.
 
     Raises:
         PreprocessError: The series cannot become one volume; the message says why.
     """
-    datasets = [_load(item, i, defer=True) for i, item in enumerate(datasets_or_paths)]
+    sources = [_source(item, i) for i, item in enumerate(datasets_or_paths)]
     # Named by Instance Number, not file name: the same series reads the same
     # wherever its files are kept.
-    _stack(datasets, spacing_tolerance, _instance_label)
+    _stack(sources, spacing_tolerance, _instance_label)
 
 
 @dataclass(frozen=True)
@@ -246,18 +295,28 @@ class _Stack:
 
 
 def _stack(
-    datasets: list[Dataset],
+    sources: list[tuple[Dataset, _FullDataset]],
     spacing_tolerance: float,
     label: Callable[[Dataset, int], str] | None = None,
+    *,
+    max_bytes: int | None = None,
+    extra_bytes: int = 0,
 ) -> _Stack:
-    """The frames of one series in slice order, refused where they are not one regular stack."""
-    if not datasets:
+    """The frames of one series in slice order, refused where they are not one regular stack.
+
+    The memory bound is checked from the headers before any pixel is decoded
+    (repeated positions are told apart by their pixels).
+    """
+    if not sources:
         raise PreprocessError("the series is empty: no datasets or files were given")
+    datasets = [header for header, _ in sources]
     series = {str(ds.SeriesInstanceUID) for ds in datasets if "SeriesInstanceUID" in ds}
     if len(series) > 1:
         raise PreprocessError(f"the datasets come from {len(series)} different series")
     name = label or _label
-    frames = [frame for i, ds in enumerate(datasets) for frame in _frames(ds, name(ds, i))]
+    frames = [
+        frame for i, (ds, full) in enumerate(sources) for frame in _frames(ds, name(ds, i), full)
+    ]
     if len(frames) < 2:
         raise PreprocessError(
             f"the series has {len(frames)} image; a volume needs at least 2 parallel slices"
@@ -281,6 +340,14 @@ def _stack(
                 f"inconsistent PixelSpacing: {frame.label} has {_fmt(frame.pixel_spacing)}, "
                 f"{first.label} has {_fmt(first.pixel_spacing)}"
             )
+    if max_bytes is not None:
+        needed = reading_bytes(frames, sources) + extra_bytes
+        if needed > max_bytes:
+            raise SeriesTooLarge(
+                f"reading the series needs about {needed / 2**20:,.0f} MiB "
+                f"({len(frames)} images of {first.rows} x {first.columns}), over the "
+                f"{max_bytes / 2**20:,.0f} MiB allowed"
+            )
 
     normal = np.cross(row_cos, col_cos)
     frames = _drop_repeats(frames, [float(frame.position @ normal) for frame in frames])
@@ -295,7 +362,6 @@ def _stack(
             f"non-uniform slice spacing: gaps range from {gaps.min():.3f} to "
             f"{gaps.max():.3f} mm (median {gap:.3f}); is a slice missing?"
         )
-
     return _Stack(frames, order, normal, row_cos, col_cos, gap)
 
 
@@ -310,8 +376,10 @@ def same_images(datasets_or_paths: Sequence[DatasetOrPath]) -> bool:
     Raises:
         PreprocessError: An image cannot be read or decoded.
     """
-    datasets = [_load(item, i) for i, item in enumerate(datasets_or_paths)]
-    frames = [frame for i, ds in enumerate(datasets) for frame in _frames(ds, _label(ds, i))]
+    sources = [_source(item, i) for i, item in enumerate(datasets_or_paths)]
+    frames = [
+        frame for i, (ds, full) in enumerate(sources) for frame in _frames(ds, _label(ds, i), full)
+    ]
     return all(_same_image(frames[0], frame) for frame in frames[1:])
 
 
@@ -365,20 +433,74 @@ class _Frame:
     pixels: Callable[[], np.ndarray]  # stored values, shape (rows, columns)
 
 
-def _load(item: DatasetOrPath, index: int, *, defer: bool = False) -> Dataset:
-    if isinstance(item, Dataset):
-        return item
-    if isinstance(item, str | os.PathLike):
+@dataclass(frozen=True)
+class _FullDataset:
+    """An instance with its Pixel Data: the dataset given, or its file read again."""
+
+    path: Path | None
+    dataset: Dataset | None
+    file_size: int = 0
+
+    def __call__(self) -> Dataset:
+        if self.dataset is not None:
+            return self.dataset
+        assert self.path is not None
         try:
-            # Deferred values are read from the file when first used.
-            return pydicom.dcmread(item, defer_size="64 KB" if defer else None)
+            return pydicom.dcmread(self.path)
         except (OSError, InvalidDicomError) as exc:
             raise PreprocessError(
-                f"cannot read DICOM file {Path(item).name}: {_first_line(exc)}"
+                f"cannot read DICOM file {self.path.name}: {_first_line(exc)}"
+            ) from None
+
+
+def _source(item: DatasetOrPath, index: int) -> tuple[Dataset, _FullDataset]:
+    """The header to plan with, and how to get the pixels later."""
+    if isinstance(item, Dataset):
+        return item, _FullDataset(None, item)
+    if isinstance(item, str | os.PathLike):
+        path = Path(item)
+        try:
+            return _read_header(path), _FullDataset(path, None, path.stat().st_size)
+        except (OSError, InvalidDicomError, ValueError, zlib.error, struct.error) as exc:
+            raise PreprocessError(
+                f"cannot read DICOM file {path.name}: {_first_line(exc)}"
             ) from None
     raise PreprocessError(
         f"item {index} of the series is a {type(item).__name__}, not a pydicom Dataset or a path"
     )
+
+
+def _read_header(path: Path) -> Dataset:
+    """A Part 10 file's attributes before Pixel Data (PS3.10 7.1), without reading pixels.
+
+    A deflated dataset (PS3.5 A.5) is inflated only as far as its header reaches:
+    pydicom would inflate all of it, pixels included.
+    """
+    meta = read_file_meta_info(path)
+    if meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
+        return pydicom.dcmread(path, stop_before_pixels=True)
+    with path.open("rb") as fp:
+        fp.seek(132)
+        head = fp.read(12)
+        if len(head) < 12 or head[:6] != b"\x02\x00\x00\x00UL":
+            raise InvalidDicomError("no File Meta Information Group Length")
+        (group_length,) = struct.unpack("<I", head[8:12])
+        fp.seek(144 + group_length)
+        inflater = zlib.decompressobj(wbits=-zlib.MAX_WBITS)
+        inflated = bytearray()
+        while len(inflated) < _MAX_INFLATED_HEADER and not inflater.eof:
+            chunk = inflater.unconsumed_tail or fp.read(1 << 16)
+            if not chunk:
+                break
+            inflated += inflater.decompress(chunk, _MAX_INFLATED_HEADER - len(inflated))
+    ds = read_dataset(
+        io.BytesIO(bytes(inflated)),
+        False,
+        True,
+        stop_when=lambda tag, vr, length: tag >= 0x7FE00010,
+    )
+    header = FileDataset(str(path), ds, file_meta=meta, is_implicit_VR=False)
+    return header
 
 
 def _label(ds: Dataset, index: int) -> str:
@@ -394,7 +516,7 @@ def _instance_label(ds: Dataset, index: int) -> str:
     return f"instance {instance}" if instance is not None else f"object {index + 1}"
 
 
-def _frames(ds: Dataset, label: str) -> list[_Frame]:
+def _frames(ds: Dataset, label: str, full: _FullDataset) -> list[_Frame]:
     modality = ds.get("Modality")
     if modality != "CT":
         raise PreprocessError(f"{label} has Modality {modality!r}; only CT series can be screened")
@@ -404,7 +526,7 @@ def _frames(ds: Dataset, label: str) -> list[_Frame]:
             f"{label} is SOP class {sop_class} ({getattr(sop_class, 'name', '?')}), "
             "not a CT image storage class"
         )
-    if "PixelData" not in ds:
+    if full.dataset is not None and "PixelData" not in ds:  # a file's is checked when read
         raise PreprocessError(f"{label} has no pixel data")
     if int(ds.get("SamplesPerPixel", 1)) != 1:
         raise PreprocessError(f"{label} is not a greyscale image (SamplesPerPixel != 1)")
@@ -413,7 +535,7 @@ def _frames(ds: Dataset, label: str) -> list[_Frame]:
         ENHANCED_CT_IMAGE_STORAGE,
         LEGACY_CONVERTED_ENHANCED_CT_IMAGE_STORAGE,
     ):
-        return _enhanced_frames(ds, label, int(rows), int(columns))
+        return _enhanced_frames(ds, label, int(rows), int(columns), full)
     if int(ds.get("NumberOfFrames", 1) or 1) != 1:
         raise PreprocessError(f"{label} is multi-frame but has no per-frame functional groups")
     return [
@@ -426,12 +548,14 @@ def _frames(ds: Dataset, label: str) -> list[_Frame]:
             columns=int(columns),
             slope=float(_required(ds, "RescaleSlope", label)),
             intercept=float(_required(ds, "RescaleIntercept", label)),
-            pixels=lambda: _decode(ds, label),
+            pixels=lambda: _decode(full(), label),
         )
     ]
 
 
-def _enhanced_frames(ds: Dataset, label: str, rows: int, columns: int) -> list[_Frame]:
+def _enhanced_frames(
+    ds: Dataset, label: str, rows: int, columns: int, full: _FullDataset
+) -> list[_Frame]:
     """Frames of an Enhanced CT image (PS3.3 A.38, functional groups C.7.6.16)."""
     count = int(ds.get("NumberOfFrames", 0) or 0)
     per_frame = ds.get("PerFrameFunctionalGroupsSequence")
@@ -443,12 +567,17 @@ def _enhanced_frames(ds: Dataset, label: str, rows: int, columns: int) -> list[_
     shared_seq = ds.get("SharedFunctionalGroupsSequence")
     shared = shared_seq[0] if shared_seq else Dataset()
     cache: list[np.ndarray] = []
+    taken = [0]
 
     def frame_pixels(k: int) -> np.ndarray:
         if not cache:
-            decoded = _decode(ds, label)
+            decoded = _decode(full(), label)
             cache.append(decoded.reshape(count, rows, columns) if decoded.ndim == 2 else decoded)
-        return cache[0][k]
+        frame = cache[0][k]
+        taken[0] += 1
+        if taken[0] == count:  # every frame is in the volume: let the decoded image go
+            cache.clear()
+        return frame
 
     def attr(groups: Dataset, sequence: str, keyword: str, where: str) -> Any:
         # A functional group sits either in the frame's item or in the shared item.
@@ -514,10 +643,75 @@ def _spacing(value: object, label: str) -> tuple[float, float]:
 
 
 def _decode(ds: Dataset, label: str) -> np.ndarray:
+    if "PixelData" not in ds:
+        raise PreprocessError(f"{label} has no pixel data")
+    _check_codestreams(ds, label)
     try:
         return ds.pixel_array
-    except Exception as exc:  # pydicom raises many types for bad or undecodable data
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # pydicom raises many types for bad or undecodable data;
+        # a Rust decoder (pylibjpeg-rle) panics on a frame that overruns its header's size,
+        # and a panic is a BaseException: it must not take the screening loop down with it.
         raise PreprocessError(f"cannot decode pixel data of {label}: {_first_line(exc)}") from None
+
+
+def _check_codestreams(ds: Dataset, label: str) -> None:
+    """Refuse compressed frames whose own size is not the header's, before decoding them.
+
+    A decoder sizes its output from the codestream (JPEG SOF, PS3.5 A.4.1; JPEG-LS
+    SOF55; JPEG 2000 SIZ, A.4.4), so a 512 x 512 header over a 65535 x 65535
+    codestream would decode gigabytes before anything could compare the two.
+    """
+    meta = getattr(ds, "file_meta", None)
+    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    if syntax is None or not syntax.is_encapsulated:
+        return
+    rows, columns = int(ds.Rows), int(ds.Columns)
+    count = int(ds.get("NumberOfFrames", 1) or 1)
+    try:
+        for k, fragments in enumerate(
+            generate_fragmented_frames(ds.PixelData, number_of_frames=count)
+        ):
+            size = _codestream_size(fragments[0][:65536]) if fragments else None
+            if size is not None and size != (rows, columns):
+                raise PreprocessError(
+                    f"{label}: frame {k + 1} is compressed as {size[0]} x {size[1]} but the "
+                    f"header says {rows} x {columns}; not decoded"
+                )
+    except PreprocessError:
+        raise
+    except Exception as exc:  # malformed items: let the decoder report them
+        raise PreprocessError(f"cannot decode pixel data of {label}: {_first_line(exc)}") from None
+
+
+# JPEG start-of-frame markers (ITU T.81 B.1.1.3) and JPEG-LS SOF55 (ITU T.87 C.2.2).
+_SOF_MARKERS = frozenset({*range(0xC0, 0xD0)} - {0xC4, 0xC8, 0xCC} | {0xF7})
+
+
+def _codestream_size(data: bytes) -> tuple[int, int] | None:
+    """(rows, columns) a JPEG, JPEG-LS or JPEG 2000 codestream declares; None if not found."""
+    if data[:4] == b"\xff\x4f\xff\x51" and len(data) >= 24:  # SOC then SIZ
+        xsiz, ysiz, x0, y0 = struct.unpack(">IIII", data[8:24])
+        return ysiz - y0, xsiz - x0
+    if data[:2] != b"\xff\xd8":  # not a JPEG or JPEG-LS stream (RLE has no size of its own)
+        return None
+    at = 2
+    while at + 4 <= len(data):
+        if data[at] != 0xFF:
+            return None
+        marker = data[at + 1]
+        if marker == 0xFF:  # fill byte
+            at += 1
+            continue
+        (length,) = struct.unpack(">H", data[at + 2 : at + 4])
+        if marker in _SOF_MARKERS and at + 9 <= len(data):
+            rows, columns = struct.unpack(">HH", data[at + 5 : at + 9])
+            return rows, columns
+        if marker == 0xDA:  # start of scan without a frame header
+            return None
+        at += 2 + length
+    return None
 
 
 def _check_cosines(frame: _Frame) -> tuple[np.ndarray, np.ndarray]:
@@ -542,6 +736,18 @@ def _reorient(
     Returns a view; each array axis is matched to the patient axis that maximises the
     total alignment, so a 45-degree oblique still gets one axis per patient direction.
     """
+    transpose, flips = _reorientation(directions, orientation)
+    result = array.transpose(transpose)
+    if flips:
+        result = np.flip(result, axis=flips)
+    new_spacing = tuple(float(spacing[i]) for i in transpose)
+    return result, new_spacing  # type: ignore[return-value]
+
+
+def _reorientation(
+    directions: np.ndarray, orientation: str
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The axis order and the flipped axes that take ``directions`` to ``orientation``."""
     alignment = np.abs(directions)
     best = max(
         itertools.permutations(range(3)),
@@ -554,11 +760,7 @@ def _reorient(
         transpose.append(source_axis)
         if np.sign(directions[source_axis, patient]) != sign:
             flips.append(target_axis)
-    result = array.transpose(transpose)
-    if flips:
-        result = np.flip(result, axis=tuple(flips))
-    new_spacing = tuple(float(spacing[i]) for i in transpose)
-    return result, new_spacing  # type: ignore[return-value]
+    return tuple(transpose), tuple(flips)
 
 
 def _readonly(array: np.ndarray) -> np.ndarray:

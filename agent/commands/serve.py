@@ -37,7 +37,7 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from agent.logs import get_logger
-    from agent.node.handlers import NodeHandlers
+    from agent.node.handlers import NodeHandlers, receive_limits
     from agent.node.server import start_node
     from agent.pipeline.reporting import ReportFiles
     from agent.pipeline.scheduler import Pipeline
@@ -66,7 +66,9 @@ def run(args: argparse.Namespace) -> int:
         log.warning("removed unfinished temporary files from a previous run", count=swept)
     log.info("storage ready", direct_io=store.direct_io)
 
-    handlers = NodeHandlers(store, runtime.sessions, settings.node.on_conflict)
+    handlers = NodeHandlers(
+        store, runtime.sessions, settings.node.on_conflict, receive_limits(settings.node)
+    )
     check_destinations(settings.destinations)
     try:
         node = start_node(settings.node, handlers)

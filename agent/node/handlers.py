@@ -2,25 +2,35 @@
 
 Every outcome becomes a DIMSE status; no exception crosses the wire. An
 instance is acknowledged only after its bytes are fsync'd under their final
-name and its row is committed.
+name and its row is committed. A refusal says why in the response's Error
+Comment (PS3.7 Annex C) and leaves nothing behind: the temp file a refused
+instance was staged in is removed before the answer goes out, whatever the
+path that refused it.
 """
 
 from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
+from pydicom.dataset import Dataset
+from pydicom.uid import UID
 from pynetdicom import evt
 from pynetdicom.events import Event
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from agent.config import NodeSettings
 from agent.logs import get_logger
 from agent.node import status
 from agent.node.guards import rejection_reason
 from agent.node.header import (
+    DEFAULT_LIMITS,
+    BeyondLimits,
+    InstanceHeader,
     InvalidIdentifier,
+    ReceiveLimits,
     UnreadableHeader,
     is_valid_uid,
     part10_prefix,
@@ -28,11 +38,28 @@ from agent.node.header import (
 )
 from agent.node.transport import on_connection_open, on_dimse_received
 from storage.audit import audit
-from storage.errors import StorageError
+from storage.errors import InvalidRecord, StorageError
 from storage.files import InstanceStore, OutOfSpace, StagedFile, derived_rel_path
 from storage.ingest import IngestOutcome, InstanceRecord, record_instance
 
 log = get_logger("agent.node")
+
+
+def receive_limits(settings: NodeSettings) -> ReceiveLimits:
+    """What ``[node]`` allows one received instance to hold."""
+    return ReceiveLimits(
+        max_dataset_bytes=settings.max_dataset_bytes,
+        max_frame_pixels=settings.max_frame_pixels,
+        max_frames=settings.max_frames,
+    )
+
+
+def _refusal(code: int, reason: str) -> Dataset:
+    """A failure status with its reason as Error Comment (PS3.7 Annex C; LO: 64 characters)."""
+    answer = Dataset()
+    answer.Status = code
+    answer.ErrorComment = reason.encode("ascii", "replace").decode()[:64]
+    return answer
 
 
 class NodeHandlers:
@@ -43,10 +70,12 @@ class NodeHandlers:
         store: InstanceStore,
         sessions: sessionmaker[Session],
         on_conflict: Literal["keep_first", "replace"] = "keep_first",
+        limits: ReceiveLimits = DEFAULT_LIMITS,
     ) -> None:
         self.store = store
         self.sessions = sessions
         self.on_conflict = on_conflict
+        self.limits = limits
 
     def bindings(self) -> list[tuple[evt.InterventionEvent | evt.NotificationEvent, object]]:
         return [
@@ -111,22 +140,22 @@ class NodeHandlers:
 
     # -- C-STORE --------------------------------------------------------------
 
-    def on_store(self, event: Event) -> int:
+    def on_store(self, event: Event) -> int | Dataset:
         started = time.perf_counter()
         calling_ae = event.assoc.requestor.ae_title
         try:
-            code = self._store(event, calling_ae)
+            answer = self._store(event, calling_ae)
         except Exception as exc:  # last line of defence: never let an exception out
             log.error("store failed unexpectedly", error=type(exc).__name__, calling_ae=calling_ae)
-            code = status.PROCESSING_FAILURE
+            answer = status.PROCESSING_FAILURE
         log.debug(
             "store answered",
-            status=f"0x{code:04X}",
+            status=f"0x{int(answer if isinstance(answer, int) else answer.Status):04X}",
             ms=round(1e3 * (time.perf_counter() - started), 2),
         )
-        return code
+        return answer
 
-    def _store(self, event: Event, calling_ae: str) -> int:
+    def _store(self, event: Event, calling_ae: str) -> int | Dataset:
         request = event.request
         dataset = request.DataSet.getvalue()  # type: ignore[union-attr]
         transfer_syntax = event.context.transfer_syntax
@@ -146,15 +175,31 @@ class NodeHandlers:
             log.error("instance not written", error=exc.strerror or type(exc).__name__)
             return status.OUT_OF_RESOURCES
         try:
-            header = read_header(dataset, transfer_syntax)
-        except (InvalidIdentifier, UnreadableHeader) as exc:
+            return self._record(staged, request, dataset, transfer_syntax, calling_ae)
+        finally:
+            # Whatever the outcome, the temp file goes now: published, it is already
+            # gone; refused or failed, nothing may stay in .tmp until the next start
+            # (repeated refusals would fill the disk up to the watermark).
             self.store.discard(staged)
+
+    def _record(
+        self,
+        staged: StagedFile,
+        request: Any,
+        dataset: bytes,
+        transfer_syntax: UID,
+        calling_ae: str,
+    ) -> int | Dataset:
+        try:
+            header = read_header(dataset, transfer_syntax, self.limits)
+        except (InvalidIdentifier, UnreadableHeader) as exc:
             log.warning("instance refused", reason=str(exc), calling_ae=calling_ae)
             if isinstance(exc, InvalidIdentifier):
-                return status.INVALID_IDENTIFIER
-            return status.CANNOT_UNDERSTAND
+                return _refusal(status.INVALID_IDENTIFIER, str(exc))
+            if isinstance(exc, BeyondLimits):
+                return _refusal(status.BEYOND_LIMITS, str(exc))
+            return _refusal(status.CANNOT_UNDERSTAND, str(exc))
         if header.sop_instance_uid != request.AffectedSOPInstanceUID:
-            self.store.discard(staged)
             log.warning(
                 "instance refused",
                 reason="SOP Instance UID differs from the command's Affected SOP Instance UID",
@@ -174,7 +219,23 @@ class NodeHandlers:
             header.sop_instance_uid,
             staged.sha256,
         )
-        record = InstanceRecord(
+        try:
+            record = self._instance_record(header, staged, rel_path, transfer_syntax, calling_ae)
+        except InvalidRecord:
+            # e.g. positions so large that their projection on the slice normal overflows
+            log.warning("instance refused", reason="attributes cannot be recorded")
+            return _refusal(status.CANNOT_UNDERSTAND, "attributes cannot be recorded")
+        return self._commit(staged, record)
+
+    @staticmethod
+    def _instance_record(
+        header: InstanceHeader,
+        staged: StagedFile,
+        rel_path: str,
+        transfer_syntax: UID,
+        calling_ae: str,
+    ) -> InstanceRecord:
+        return InstanceRecord(
             study_instance_uid=header.study_instance_uid,
             series_instance_uid=header.series_instance_uid,
             sop_instance_uid=header.sop_instance_uid,
@@ -203,20 +264,20 @@ class NodeHandlers:
             requested_procedure=header.requested_procedure,
             number_of_frames=header.number_of_frames,
         )
-        return self._commit(staged, record)
 
     def _commit(self, staged: StagedFile, record: InstanceRecord) -> int:
-        """Record the row and publish the file so that both happen or neither does."""
+        """Record the row and publish the file so that both happen or neither does.
+
+        The caller removes the temp file afterwards, whatever happens here.
+        """
         with self.store.lock_for(record.rel_path):
             session = self.sessions()
-            published = False
+            publishing = False
             try:
                 result = record_instance(session, record, on_conflict=self.on_conflict)
                 if result.outcome in (IngestOutcome.STORED, IngestOutcome.CONFLICT_REPLACED):
+                    publishing = True  # from here a failure may leave the final name behind
                     self.store.publish(staged, record.rel_path)
-                    published = True
-                else:
-                    self.store.discard(staged)
                 # Same transaction as the row: no second commit on the receive path.
                 audit(
                     session,
@@ -228,18 +289,19 @@ class NodeHandlers:
                     sop_instance_uid=record.sop_instance_uid,
                 )
                 session.commit()
-            except OSError as exc:
+            except BaseException as exc:
                 session.rollback()
-                self.store.discard(staged)
-                log.error("instance not written", error=exc.strerror or type(exc).__name__)
-                return status.OUT_OF_RESOURCES
-            except (SQLAlchemyError, StorageError) as exc:
-                session.rollback()
-                if published:
+                if publishing:
+                    # No committed row names this file (its name holds the content
+                    # hash, and the lock keeps other writers of it out).
                     self.store.remove(record.rel_path)
-                self.store.discard(staged)
-                log.error("instance not recorded", error=type(exc).__name__)
-                return status.PROCESSING_FAILURE
+                if isinstance(exc, OSError):
+                    log.error("instance not written", error=exc.strerror or type(exc).__name__)
+                    return status.OUT_OF_RESOURCES
+                if isinstance(exc, (SQLAlchemyError, StorageError)):
+                    log.error("instance not recorded", error=type(exc).__name__)
+                    return status.PROCESSING_FAILURE
+                raise
             finally:
                 session.close()
 

@@ -116,15 +116,22 @@ class Screener:
         if not claimed:
             return 0
         from hyperct_core.errors import PreprocessError
-        from hyperct_core.preprocess import images_from_volume
+        from hyperct_core.preprocess import images_from_volume, preprocess_bytes
         from hyperct_core.volume import volume_from_datasets
 
         config = predictor.card.preprocess_config()
+        budget = self.settings.pipeline.max_series_bytes  # estimated from headers, pre-decoding
         images, ready = [], []
         started = time.monotonic()
         for job in claimed:
             try:
-                volume = volume_from_datasets(job.paths, config.orientation)
+                volume = volume_from_datasets(
+                    job.paths,
+                    config.orientation,
+                    spacing_tolerance=self.settings.completeness.spacing_tolerance,
+                    max_bytes=budget,
+                    extra_bytes=preprocess_bytes(config),
+                )
                 if self._enhanced(job, volume):
                     continue
                 images.append(images_from_volume(volume, config))

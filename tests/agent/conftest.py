@@ -16,7 +16,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from agent.config import NodeSettings
-from agent.node.handlers import NodeHandlers
+from agent.node.handlers import NodeHandlers, receive_limits
 from agent.node.server import RunningNode, start_node
 from agent.resources import alembic_dir
 from storage.db import make_engine, make_session_factory, upgrade
@@ -100,10 +100,10 @@ def start_test_node(
     store = InstanceStore(tmp_path / "storage", min_free_bytes)
     store.prepare()
     sessions = make_session_factory(engine)
-    handlers = NodeHandlers(store, sessions, on_conflict)
     settings = NodeSettings.model_validate(
         {"ae_title": NODE_AET, "host": "127.0.0.1", "port": 0, **node}
     )
+    handlers = NodeHandlers(store, sessions, on_conflict, receive_limits(settings))
     return NodeUnderTest(start_node(settings, handlers), store, sessions, engine, handlers)
 
 
