@@ -33,7 +33,11 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
+from hyperct_core.decoders import register as _register_decoders
 from hyperct_core.errors import PreprocessError
+
+# 12-bit JPEG Extended (lossy CT) decodes through hyperct_core.decoders' plugin.
+_register_decoders()
 
 CANONICAL_ORIENTATION = "LPS"
 
