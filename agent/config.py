@@ -37,6 +37,13 @@ PathValue = Annotated[Path, Field(strict=False)]
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 ENHANCED_CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2.1"
+# What PACS and converters make of a single-frame CT series as one multi-frame object (A.70).
+LEGACY_CONVERTED_ENHANCED_CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2.2"
+CT_SOP_CLASSES = (
+    CT_IMAGE_STORAGE,
+    ENHANCED_CT_IMAGE_STORAGE,
+    LEGACY_CONVERTED_ENHANCED_CT_IMAGE_STORAGE,
+)
 
 
 class _Section(BaseModel):
@@ -88,7 +95,7 @@ class NodeSettings(_Section):
     max_dataset_bytes: Annotated[int, Field(ge=1024)] = 1 << 30
     max_pdu: Annotated[int, Field(ge=0)] = 0
     timeouts: Timeouts = Timeouts()
-    # Storage SOP classes accepted besides CT and Enhanced CT.
+    # Storage SOP classes accepted besides the three CT image classes.
     extra_sop_classes: list[str] = []
     # What to do when a SOP Instance UID arrives again with different bytes.
     on_conflict: Literal["keep_first", "replace"] = "keep_first"
@@ -96,7 +103,7 @@ class NodeSettings(_Section):
 
     @property
     def accepted_sop_classes(self) -> tuple[str, ...]:
-        return (CT_IMAGE_STORAGE, ENHANCED_CT_IMAGE_STORAGE, *self.extra_sop_classes)
+        return (*CT_SOP_CLASSES, *self.extra_sop_classes)
 
 
 class StorageSettings(_Section):
@@ -192,7 +199,7 @@ class EligibilitySettings(_Section):
     """
 
     modalities: list[str] = ["CT"]
-    sop_classes: list[str] = [CT_IMAGE_STORAGE, ENHANCED_CT_IMAGE_STORAGE]
+    sop_classes: list[str] = list(CT_SOP_CLASSES)
     chest_patterns: list[str] = [r"chest", r"thora", r"lung", r"\bthx\b", r"\bpulm"]
     # "non-contrast", "w/o contrast", "without contrast", "unenhanced" must not match.
     contrast_patterns: list[str] = [
@@ -203,7 +210,8 @@ class EligibilitySettings(_Section):
         r"arterial",
         r"venous",
         r"portal",
-        r"(?<!un)(?<!non)(?<!non-)(?<!non )enhanced",
+        # Not "(enhanced conversion)", which converters append for Legacy Converted Enhanced CT.
+        r"(?<!un)(?<!non)(?<!non-)(?<!non )enhanced(?! conversion)",
     ]
     # Descriptions of series that are not primary axial images.
     exclude_patterns: list[str] = [
