@@ -424,7 +424,11 @@ def _decode(ds: Dataset, label: str) -> np.ndarray:
     try:
         return ds.pixel_array
     except Exception as exc:  # pydicom raises many types for bad or undecodable data
-        raise PreprocessError(f"cannot decode pixel data of {label}: {_first_line(exc)}") from None
+        # pydicom lists each plugin's refusal on a line of its own: keep them, on one line.
+        why = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        raise PreprocessError(
+            f"cannot decode pixel data of {label}: {why or _first_line(exc)}"
+        ) from None
 
 
 def _check_cosines(frame: _Frame) -> tuple[np.ndarray, np.ndarray]:
