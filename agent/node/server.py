@@ -37,18 +37,20 @@ from agent.node.tls import server_context
 from agent.node.transport import install_transport_tuning, node_limits, set_limits
 from hyperct_core.decoders import can_decode
 
+# In order of preference: pynetdicom accepts, of the syntaxes one presentation context
+# proposes, the first in this list. Pixels as sent first, then lossless, then lossy.
 _UNCOMPRESSED = [ImplicitVRLittleEndian, ExplicitVRLittleEndian, ExplicitVRBigEndian]
 _COMPRESSED = [
     DeflatedExplicitVRLittleEndian,
     JPEGLosslessSV1,
     JPEGLossless,
     JPEGLSLossless,
-    JPEGLSNearLossless,
     JPEG2000Lossless,
-    JPEG2000,
     RLELossless,
-    JPEGBaseline8Bit,
+    JPEGLSNearLossless,
+    JPEG2000,
     JPEGExtended12Bit,
+    JPEGBaseline8Bit,
 ]
 
 

@@ -272,7 +272,7 @@ def outcome(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Outcome]:
         folder, checkpoint,
         extra=(
             "[eligibility]\nmin_slices = 16\n"
-            # DCMTK marks its lossy output DERIVED (PS3.3 C.7.6.1.1.2); the
+            # DCMTK marks its lossy output DERIVED (Image Type value 1); the
             # default ["ORIGINAL", "AXIAL"] would rightly skip those series.
             'required_image_type = ["AXIAL"]\n'
         ),

@@ -18,6 +18,7 @@ from pydicom.uid import (
     JPEG2000,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
+    ImplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
     JPEGExtended12Bit,
@@ -121,6 +122,15 @@ def test_the_node_offers_every_syntax_pacs_commonly_send() -> None:
         JPEGLosslessSV1, JPEGLossless, JPEGBaseline8Bit, JPEGExtended12Bit,
         JPEGLSLossless, JPEGLSNearLossless, JPEG2000Lossless, JPEG2000,
     } <= offered  # fmt: skip
+
+
+def test_lossless_syntaxes_are_preferred_to_lossy_ones() -> None:
+    """pynetdicom accepts the first of the node's syntaxes a presentation context proposes."""
+    offered = decodable_transfer_syntaxes()
+    lossy = {JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLSNearLossless, JPEG2000}
+    first_lossy = min(offered.index(ts) for ts in lossy)
+    assert all(ts in lossy for ts in offered[first_lossy:])
+    assert offered[0] == ImplicitVRLittleEndian and offered.index(JPEGLosslessSV1) < first_lossy
 
 
 def test_jpeg_extended_is_offered_only_with_the_12bit_plugin(
