@@ -16,6 +16,7 @@ import pydicom
 import pytest
 from pydicom.uid import (
     JPEG2000,
+    UID,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ImplicitVRLittleEndian,
@@ -60,6 +61,41 @@ def jpeg12(tmp_path: Path) -> tuple[Path, Path]:
         _dcmtk("dcmcjpeg", "+ee", str(src), str(enc))
         _dcmtk("dcmdjpeg", str(enc), str(dec))
     return tmp_path, tmp_path / "jpeg0.dcm"
+
+
+LOSSLESS = {
+    JPEGLosslessSV1: ("dcmcjpeg", "+e1"),
+    JPEGLossless: ("dcmcjpeg", "+el"),
+    JPEGLSLossless: ("dcmcjpls", "+el"),
+    RLELossless: ("dcmcrle",),
+    ExplicitVRBigEndian: ("dcmconv", "+tb"),
+    DeflatedExplicitVRLittleEndian: ("dcmconv", "+td"),
+}
+
+
+@pytest.mark.parametrize("syntax", list(LOSSLESS), ids=lambda uid: uid.name)
+@pytest.mark.parametrize("kind", ["signed 16-bit", "unsigned 12-bit"])
+def test_lossless_syntaxes_give_back_the_stored_values(
+    tmp_path: Path, syntax: UID, kind: str
+) -> None:
+    """Both ways scanners store CT: signed 16-bit (negative values) and unsigned 12-bit."""
+    [ds] = ct_series(1, rows=40, columns=36)
+    rng = np.random.default_rng(11)
+    if kind == "signed 16-bit":
+        values = rng.integers(-2048, 3072, (40, 36)).astype(np.int16)
+        values[:4] = -2000  # padding outside the field of view
+        ds.RescaleIntercept = 0
+    else:
+        values = rng.integers(0, 4096, (40, 36)).astype(np.uint16)
+        ds.PixelRepresentation, ds.BitsStored, ds.HighBit = 0, 12, 11
+    ds.PixelData = values.tobytes()
+    src, enc = tmp_path / "src.dcm", tmp_path / "enc.dcm"
+    ds.save_as(src, enforce_file_format=True)
+    name, *args = LOSSLESS[syntax]
+    _dcmtk(name, *args, str(src), str(enc))
+    encoded = pydicom.dcmread(enc)
+    assert encoded.file_meta.TransferSyntaxUID == syntax
+    np.testing.assert_array_equal(encoded.pixel_array, values)
 
 
 def test_12bit_jpeg_extended_decodes_like_dcmtk(jpeg12: tuple[Path, Path]) -> None:
