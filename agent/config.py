@@ -37,6 +37,13 @@ PathValue = Annotated[Path, Field(strict=False)]
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 ENHANCED_CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2.1"
+# What PACS and converters make of a single-frame CT series as one multi-frame object (A.70).
+LEGACY_CONVERTED_ENHANCED_CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2.2"
+CT_SOP_CLASSES = (
+    CT_IMAGE_STORAGE,
+    ENHANCED_CT_IMAGE_STORAGE,
+    LEGACY_CONVERTED_ENHANCED_CT_IMAGE_STORAGE,
+)
 
 
 class _Section(BaseModel):
@@ -91,7 +98,7 @@ class NodeSettings(_Section):
     max_frames: Annotated[int, Field(ge=1)] = 4096  # Number of Frames of one instance
     max_pdu: Annotated[int, Field(ge=0)] = 0
     timeouts: Timeouts = Timeouts()
-    # Storage SOP classes accepted besides CT and Enhanced CT.
+    # Storage SOP classes accepted besides the three CT image classes.
     extra_sop_classes: list[str] = []
     # What to do when a SOP Instance UID arrives again with different bytes.
     on_conflict: Literal["keep_first", "replace"] = "keep_first"
@@ -99,7 +106,7 @@ class NodeSettings(_Section):
 
     @property
     def accepted_sop_classes(self) -> tuple[str, ...]:
-        return (CT_IMAGE_STORAGE, ENHANCED_CT_IMAGE_STORAGE, *self.extra_sop_classes)
+        return (*CT_SOP_CLASSES, *self.extra_sop_classes)
 
 
 class StorageSettings(_Section):
@@ -244,7 +251,8 @@ DEFAULT_CONTRAST_PATTERNS: list[str] = [
     r"embol",
     r"dissect",
     _B + r"triple[\s_-]*rule",
-    _B + r"enhanced" + _E,
+    # Not "(enhanced conversion)", which converters append for Legacy Converted Enhanced CT.
+    _B + r"enhanced" + _E + r"(?!\s*conversion)",
     r"(omnipaque|isovue|visipaque|ultravist|imeron|iomeron|iopamiro|optiray|xenetix"
     r"|io(hexol|pamidol|dixanol|promide|versol|meprol|bitridol))",
 ]
@@ -275,7 +283,7 @@ class EligibilitySettings(_Section):
     """
 
     modalities: list[str] = ["CT"]
-    sop_classes: list[str] = [CT_IMAGE_STORAGE, ENHANCED_CT_IMAGE_STORAGE]
+    sop_classes: list[str] = list(CT_SOP_CLASSES)
     chest_patterns: list[str] = [r"chest", r"thora", r"lung", r"\bthx\b", r"\bpulm"]
     mixed_patterns: list[str] = DEFAULT_MIXED_PATTERNS
     non_contrast_patterns: list[str] = DEFAULT_NON_CONTRAST_PATTERNS

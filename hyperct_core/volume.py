@@ -39,7 +39,11 @@ from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_dataset, read_file_meta_info
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
+from hyperct_core.decoders import register as _register_decoders
 from hyperct_core.errors import PreprocessError
+
+# 12-bit JPEG Extended (lossy CT) decodes through hyperct_core.decoders' plugin.
+_register_decoders()
 
 CANONICAL_ORIENTATION = "LPS"
 
@@ -653,7 +657,11 @@ def _decode(ds: Dataset, label: str) -> np.ndarray:
     except BaseException as exc:  # pydicom raises many types for bad or undecodable data;
         # a Rust decoder (pylibjpeg-rle) panics on a frame that overruns its header's size,
         # and a panic is a BaseException: it must not take the screening loop down with it.
-        raise PreprocessError(f"cannot decode pixel data of {label}: {_first_line(exc)}") from None
+        # pydicom lists each plugin's refusal on a line of its own: keep them, on one line.
+        why = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        raise PreprocessError(
+            f"cannot decode pixel data of {label}: {why or _first_line(exc)}"
+        ) from None
 
 
 def _check_codestreams(ds: Dataset, label: str) -> None:

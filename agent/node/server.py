@@ -9,7 +9,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
-from pydicom.pixels import get_decoder
 from pydicom.uid import (
     JPEG2000,
     UID,
@@ -36,19 +35,22 @@ from agent.node.guards import install_association_guards, set_max_per_ae
 from agent.node.handlers import NodeHandlers
 from agent.node.tls import server_context
 from agent.node.transport import install_transport_tuning, node_limits, set_limits
+from hyperct_core.decoders import can_decode
 
+# In order of preference: pynetdicom accepts, of the syntaxes one presentation context
+# proposes, the first in this list. Pixels as sent first, then lossless, then lossy.
 _UNCOMPRESSED = [ImplicitVRLittleEndian, ExplicitVRLittleEndian, ExplicitVRBigEndian]
 _COMPRESSED = [
     DeflatedExplicitVRLittleEndian,
     JPEGLosslessSV1,
     JPEGLossless,
     JPEGLSLossless,
-    JPEGLSNearLossless,
     JPEG2000Lossless,
-    JPEG2000,
     RLELossless,
-    JPEGBaseline8Bit,
+    JPEGLSNearLossless,
+    JPEG2000,
     JPEGExtended12Bit,
+    JPEGBaseline8Bit,
 ]
 
 
@@ -56,19 +58,11 @@ def decodable_transfer_syntaxes() -> list[UID]:
     """Transfer syntaxes whose pixel data this installation can decode.
 
     Offering one it cannot decode would accept instances it can never screen;
-    a PACS will fall back to another syntax it proposed instead.
+    a PACS will fall back to another syntax it proposed instead. The decoders
+    (python-gdcm, Pillow, pyjpegls, pydicom's own) are dependencies, so a
+    normal installation offers every syntax listed here.
     """
-    accepted = list(_UNCOMPRESSED)
-    for ts in _COMPRESSED:
-        if ts == DeflatedExplicitVRLittleEndian:
-            accepted.append(ts)
-            continue
-        try:
-            if get_decoder(ts).is_available:
-                accepted.append(ts)
-        except Exception:
-            continue
-    return accepted
+    return [ts for ts in (*_UNCOMPRESSED, *_COMPRESSED) if can_decode(ts)]
 
 
 def build_ae(settings: NodeSettings) -> AE:

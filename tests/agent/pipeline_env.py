@@ -56,7 +56,9 @@ def agent_config(
     destinations: Sequence[tuple[str, str, str, int]] = (),
     database: str | None = None,
     extra: str = "",
+    completeness: str = "",
 ) -> Path:
+    """A config for :class:`Serve`; ``extra`` adds tables, ``completeness`` keys of that table."""
     dests = "".join(
         f'[[destinations]]\nname = "{n}"\nae_title = "{aet}"\nhost = "{h}"\nport = {p}\n'
         for n, aet, h, p in destinations
@@ -66,7 +68,7 @@ def agent_config(
         f'[node]\nport = 0\n[storage]\nroot = "storage"\nmin_free_bytes = 0\n'
         f'[database]\nurl = "{database or "sqlite:///agent.db"}"\n'
         f'[model]\ncheckpoint = "{checkpoint}"\ndtype = "float32"\n'
-        f"[completeness]\nidle_seconds = 1.0\nforce_seconds = 4.0\n"
+        f"[completeness]\nidle_seconds = 1.0\nforce_seconds = 4.0\n{completeness}"
         f"[pipeline]\nsweep_seconds = 0.5\nretry_seconds = 1.0\n"
         f"[reports]\ndelivery_retry_seconds = 0.5\n"
         f'[logging]\nlevel = "debug"\nformat = "json"\n{extra}{dests}'

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from agent.config import ENHANCED_CT_IMAGE_STORAGE, EligibilitySettings
+from agent.config import (
+    ENHANCED_CT_IMAGE_STORAGE,
+    LEGACY_CONVERTED_ENHANCED_CT_IMAGE_STORAGE,
+    EligibilitySettings,
+)
 from agent.series.eligibility import assess_eligibility
 from agent.series.facts import SeriesFacts
 from tests.agent.series_cases import chest
@@ -57,6 +61,11 @@ CASES = [
     ("enhanced CT", chest(sop_class_uid=ENHANCED_CT_IMAGE_STORAGE, instance_count=1,
                           multiframe_instances=1, image_type="ORIGINAL\\PRIMARY\\AXIAL\\NONE"),
      set()),
+    # highdicom's converter appends "(enhanced conversion)" to the series description.
+    ("legacy converted enhanced CT", chest(sop_class_uid=LEGACY_CONVERTED_ENHANCED_CT_IMAGE_STORAGE,
+                                           instance_count=1, multiframe_instances=1,
+                                           series_description="CHEST W/O (enhanced conversion)"),
+     set()),
 ]  # fmt: skip
 
 
@@ -84,7 +93,8 @@ def test_every_check_is_reported_even_after_a_failure() -> None:
     failed = {c.name: c.detail for c in result.failed}
     assert failed == {
         "modality": "MR is not one of CT",
-        "sop_class": "MR Image Storage is not one of CT Image Storage, Enhanced CT Image Storage",
+        "sop_class": "MR Image Storage is not one of CT Image Storage, Enhanced CT Image Storage, "
+        "Legacy Converted Enhanced CT Image Storage",
         "slice_thickness": "6 mm outside 0.5-3 mm",
     }
     assert result.reason().startswith("not eligible: modality: MR is not one of CT; sop_class:")
