@@ -23,6 +23,7 @@ from agent.config import Settings
 from agent.logs import get_logger
 from agent.pipeline.model import ModelHolder
 from agent.report import Findings, ModelIdentity, ReportInputError, referral
+from agent.report.summary import KeyImage, key_image_from_volume
 from storage.files import InstanceStore
 from storage.models import Instance, Report, Result, Series
 from storage.queue import claim_jobs, fail_job, finish_job, requeue_stale_jobs
@@ -38,6 +39,8 @@ class ClaimedJob:
     series_uid: str
     revision: int
     paths: list[Path] = field(default_factory=list)
+    #: The axial slice through the heart, taken while the volume is in memory (summary image).
+    key_image: KeyImage | None = None
 
 
 #: Builds the report objects of a screened series and writes them durably;
@@ -85,14 +88,19 @@ class Screener:
         if not claimed:
             return 0
         from hyperct_core.errors import PreprocessError
-        from hyperct_core.preprocess import preprocess_series
+        from hyperct_core.preprocess import images_from_volume
+        from hyperct_core.volume import volume_from_datasets
 
         config = predictor.card.preprocess_config()
         images, ready = [], []
         started = time.monotonic()
         for job in claimed:
             try:
-                images.append(preprocess_series(job.paths, config))
+                volume = volume_from_datasets(job.paths, config.orientation)
+                images.append(images_from_volume(volume, config))
+                if self.settings.reports.summary_image:
+                    canonical = volume.reoriented("LPS")
+                    job.key_image = key_image_from_volume(canonical.array, canonical.spacing)
                 ready.append(job)
             except PreprocessError as exc:  # the series itself is unusable: no retry helps
                 self._fail(job, f"cannot make a volume: {exc}", retry=False)
