@@ -187,6 +187,11 @@ def _wrap(
     return lines
 
 
+def _assessed(findings: Findings, task: str) -> bool:
+    """A task is assessed where a threshold is in force for it (an operating point)."""
+    return task in findings.thresholds
+
+
 def conclusion(findings: Findings) -> tuple[str, str]:
     """The conclusion line and why: the echo recommendation first, as a reader needs it."""
     fired = referral(findings)
@@ -198,6 +203,12 @@ def conclusion(findings: Findings) -> tuple[str, str]:
             for t in fired
         )
         return f"Echocardiography recommended: {names}", f"Why: {why}."
+    if not any(_assessed(findings, t) for t in findings.referral_tasks):
+        return (
+            "No echocardiography referral",
+            "Why: this model assesses no echocardiography-derived cardiac condition "
+            "(none has an operating point).",
+        )
     return (
         "No echocardiography referral",
         "Why: no echocardiography-derived cardiac condition at or above its threshold.",
@@ -288,7 +299,9 @@ def render_summary(
     column = width - margin - x
     draw.text((x, top), "Positive findings", font=_font(20, bold=True), fill=_INK)
     fy = top + 34
-    positives = [t for t in findings.task_names if findings.is_present(t)]
+    positives = [
+        t for t in findings.task_names if _assessed(findings, t) and findings.is_present(t)
+    ]
     item_font = _font(18)
     if not positives:
         draw.text((x, fy), "None at the operating thresholds.", font=item_font, fill=_INK)
@@ -317,7 +330,7 @@ def render_summary(
 
     # The full table.
     row_h = 22
-    cols = (margin + 8, margin + 470, margin + 640, margin + 760, margin + 870)
+    cols = (margin + 8, margin + 440, margin + 600, margin + 720, margin + 835)
     header_font, cell_font, bold_font = _font(15, bold=True), _font(15), _font(15, bold=True)
     for cx, name in zip(
         cols, ("Finding", "Group", "Probability", "Threshold", "Result"), strict=True
@@ -327,20 +340,22 @@ def render_summary(
     draw.line((margin, y, width - margin, y), fill=_INK, width=2)
     for task in findings.task_names:
         info = task_by_name(task)
-        present = findings.is_present(task)
+        assessed = _assessed(findings, task)
+        present = assessed and findings.is_present(task)
         if present:
             draw.rectangle((margin, y + 1, width - margin, y + row_h - 1), fill=_PRESENT_ROW)
         font = bold_font if present else cell_font
         group = "echo-derived" if info.group == "opportunistic" else "conventional"
+        # A task without an operating point is "not assessed", never "Absent".
         cells = (
             info.display_name,
             group,
             f"{findings.probability(task):.2f}",
-            f"{findings.thresholds[task]:.2f}",
-            "Present" if present else "Absent",
+            f"{findings.thresholds[task]:.2f}" if assessed else "none",
+            ("Present" if present else "Absent") if assessed else "not assessed",
         )
         for cx, text in zip(cols, cells, strict=True):
-            draw.text((cx, y + 3), text, font=font, fill=_INK)
+            draw.text((cx, y + 3), text, font=font, fill=_INK if assessed else _MUTED)
         y += row_h
         draw.line((margin, y, width - margin, y), fill=_RULE, width=1)
 
