@@ -374,6 +374,18 @@ class ReportSettings(_Section):
 
     text_report: bool = True
     series_number: Annotated[int, Field(ge=1, le=2**31 - 1)] = 9901
+    # A summary page for viewers that show only images (Secondary Capture), or as a PDF.
+    summary_image: bool = True
+    summary_format: Literal["secondary_capture", "pdf"] = "secondary_capture"
+    summary_series_number: Annotated[int, Field(ge=1, le=2**31 - 1)] = 9902
+
+    @model_validator(mode="after")
+    def _own_series_number(self) -> ReportSettings:
+        # The summary is in a series of its own; a shared number would confuse a viewer's list.
+        if self.summary_image and self.summary_series_number == self.series_number:
+            raise ValueError("summary_series_number must differ from series_number")
+        return self
+
     delivery_attempts: Annotated[int, Field(ge=1, le=1000)] = 20
     delivery_retry_seconds: PositiveSeconds = 30.0
 

@@ -42,6 +42,9 @@ from sqlalchemy.orm import Session  # noqa: E402
 from storage.models import Job, Series  # noqa: E402
 from tests.agent.pipeline_env import Serve, agent_config, chest_series, tiny_checkpoint  # noqa: E402
 
+#: What each study sends back: TID 1500 SR, text SR and the summary image.
+OBJECTS_PER_STUDY = 3
+
 
 def ts(event: dict) -> float:
     return datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00")).timestamp()
@@ -83,12 +86,12 @@ def run_burst(n: int, checkpoint: Path, work: Path, idle: float) -> list[dict[st
                 assoc.send_c_store(ds)
             assoc.release()
         deadline = time.monotonic() + 1800
-        while len(accepted) < 2 * n and time.monotonic() < deadline:
+        while len(accepted) < OBJECTS_PER_STUDY * n and time.monotonic() < deadline:
             time.sleep(0.2)
     finally:
         serve.stop()
         server.shutdown()
-    if len(accepted) < 2 * n:
+    if len(accepted) < OBJECTS_PER_STUDY * n:
         raise SystemExit("timed out waiting for the reports:\n" + "".join(serve.lines[-30:]))
 
     engine = create_engine(f"sqlite:///{work / 'agent.db'}")

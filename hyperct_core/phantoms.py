@@ -71,8 +71,13 @@ __all__ = [
     "write_phantom_dataset",
 ]
 
-DEFAULT_SHAPE: tuple[int, int, int] = (64, 128, 128)  # slices, rows, columns
-DEFAULT_SPACING: tuple[float, float, float] = (5.0, 2.8, 2.8)  # mm: ~360 mm field of view
+# A series the agent screens under its default [eligibility] and [completeness]
+# settings (slices <= 3 mm, >= 64 of them, >= 150 mm covered): 128 slices of 2.5 mm
+# over 320 mm, in a ~360 mm field of view. The anatomy scales with the physical
+# extent (320 mm, as at 64 x 5 mm), so a phantom looks the same to a model at either
+# slice spacing. The demo model's recipe pins its own geometry (hyperct_core.demo).
+DEFAULT_SHAPE: tuple[int, int, int] = (128, 128, 128)  # slices, rows, columns
+DEFAULT_SPACING: tuple[float, float, float] = (2.5, 2.8, 2.8)  # mm
 
 AIR = -1000.0
 FAT = -95.0

@@ -1,9 +1,16 @@
 """``hyperct-agent demo``: the whole job on one machine, for a newcomer.
 
 Starts an agent on loopback with a temporary configuration, a local node
-standing in for PACS, generates a synthetic chest CT study (a phantom with an
-enlarged heart and a pleural effusion), sends it as PACS would, waits for the
-reports to come back, and prints the findings and where every file is.
+standing in for PACS, generates a synthetic chest CT study (:data:`DEMO_PHANTOM`),
+sends it as PACS would, waits for the reports to come back, and prints the
+findings and where every file is.
+
+The phantom is drawn like the demo model's training phantoms (findings in the
+ranges :func:`hyperct_core.phantoms.random_spec` draws, the same 320 mm extent),
+at the phantoms' default geometry, which a default ``serve`` screens. Its
+findings are the ones the bundled demo model reports Present for it, so what
+the demo announces and what the report says agree; the demo model flags
+consolidation and medical material on most phantoms, so this one has both.
 """
 
 from __future__ import annotations
@@ -21,6 +28,33 @@ from typing import Any
 from agent.errors import AgentError
 
 PACS_AET = "DEMOPACS"
+#: What the demo sends: an enlarged heart, bilateral pleural effusions, a consolidation
+#: and a pacemaker (anatomy seed 40, noise seed 7), at the phantoms' default geometry.
+DEMO_PHANTOM_FINDINGS: dict[str, Any] = {
+    "heart_scale": 1.4,
+    "pleural_mm": 35.0,
+    "consolidations": 1,
+    "medical_material": True,
+    "seed": 40,
+}
+DEMO_NOISE_SEED = 7
+#: Objects each screened series sends back: TID 1500 SR, text SR, summary image.
+EXPECTED_OBJECTS = 3
+
+
+def demo_phantom() -> Any:
+    """The demo study's :class:`~hyperct_core.phantoms.PhantomSpec`."""
+    from hyperct_core.phantoms import PhantomSpec
+
+    return PhantomSpec(**DEMO_PHANTOM_FINDINGS)
+
+
+def announced_findings() -> list[str]:
+    """Display names of the phantom's findings, in task order (what the demo announces)."""
+    from hyperct_core.phantoms import labels
+    from hyperct_core.tasks import task_by_name
+
+    return [task_by_name(t).display_name for t, v in labels(demo_phantom()).items() if v == 1]
 
 
 def register(sub: Any) -> None:
@@ -71,6 +105,8 @@ def run(args: argparse.Namespace) -> int:
         '[database]\nurl = "sqlite:///agent.db"\n'
         "[completeness]\nidle_seconds = 2.0\nforce_seconds = 10.0\n"
         "[pipeline]\nsweep_seconds = 1.0\n"
+        # float32 on any device: bfloat16 could move a demo probability across its threshold.
+        '[model]\ndtype = "float32"\n'
         '[logging]\nformat = "json"\n'
         f'[[destinations]]\nname = "demo-pacs"\nae_title = "{PACS_AET}"\n'
         f'host = "127.0.0.1"\nport = {pacs_server.server_address[1]}\n'
@@ -88,12 +124,14 @@ def run(args: argparse.Namespace) -> int:
         threading.Thread(target=_copy, args=(agent.stderr, log_file), daemon=True).start()
         say(f"agent HYPERCT listening on 127.0.0.1:{port} (log: {log_path})")
 
-        spec = phantoms.PhantomSpec(heart_scale=1.35, pleural_mm=18.0)
-        say("generating a synthetic chest CT (enlarged heart, pleural effusion) ...")
+        say("generating a synthetic chest CT phantom with these findings: "
+            + ", ".join(announced_findings()) + " ...")  # fmt: skip
         files = phantoms.write_dicom_series(
-            spec, work / "study", rng=np.random.default_rng(7), spacing=(2.5, 2.5, 2.5),
-            shape=(128, 128, 128), patient_name="DEMO^PHANTOM", patient_id="DEMO0001",
+            demo_phantom(), work / "study", rng=np.random.default_rng(DEMO_NOISE_SEED),
+            patient_name="DEMO^PHANTOM", patient_id="DEMO0001",
         )  # fmt: skip
+        thickness = phantoms.DEFAULT_SPACING[0]
+        say(f"  ({len(files)} axial slices of {thickness:g} mm, non-contrast)")
         say(f"sending {len(files)} images to the agent as PACS would ...")
         scu = AE("PACS")
         scu.add_requested_context(CTImageStorage)
@@ -107,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
         say("sent; waiting for the series to complete, the screening and the reports ...")
         deadline = time.monotonic() + args.timeout
         shown = 0
-        while len(received) < 2:
+        while len(received) < EXPECTED_OBJECTS:
             if agent.poll() is not None:
                 raise AgentError(f"the agent stopped (exit {agent.returncode}); see {log_path}")
             if time.monotonic() > deadline:
@@ -123,9 +161,12 @@ def run(args: argparse.Namespace) -> int:
             agent.kill()
         pacs_server.shutdown()
         log_file.close()
-    _print_model(log_path)
+    _print_model()
     _print_findings(work / "agent.db", received)
     say(f"\nreports received by {PACS_AET}: " + ", ".join(str(p) for p in received))
+    summary = _summary_png(received, work / "summary.png")
+    if summary is not None:
+        say(f"summary image (as a viewer shows it): {summary}")
     say(f"agent database: {work / 'agent.db'}   stored images: {work / 'storage'}")
     return 0
 
@@ -153,7 +194,7 @@ _SHOWN = {
 }
 
 
-_DETAILS = ("state", "reason", "inference_seconds", "name", "version", "training")
+_DETAILS = ("state", "reason", "inference_seconds", "name", "version")
 
 
 def _progress(log_path: Path, shown: int) -> int:
@@ -171,19 +212,38 @@ def _progress(log_path: Path, shown: int) -> int:
     return len(lines)
 
 
-def _print_model(log_path: Path) -> None:
-    for line in log_path.read_text().splitlines():
-        if line.startswith("{") and json.loads(line).get("event") == "model loaded":
-            event = json.loads(line)
-            say(f"\nmodel: {event.get('name')} {event.get('version')}, DEMO (not for clinical "
-                f"use); training: {event.get('training') or 'unknown'}")  # fmt: skip
-            return
+def _print_model() -> None:
+    """The bundled demo model (the demo's configuration names no checkpoint) and its training."""
+    from hyperct_core.checkpoint import read_card
+    from hyperct_core.demo import demo_checkpoint_path
+
+    card = read_card(demo_checkpoint_path())
+    recipe = card.extra.get("demo_recipe", {})
+    say(f"\nmodel: {card.name} {card.version}, DEMO (not for clinical use); trained only on "
+        f"{recipe.get('phantoms', 'synthetic')} synthetic phantoms "
+        "(rebuild: hyperct-agent model make-demo)")  # fmt: skip
+
+
+def _summary_png(received: list[Path], out: Path) -> Path | None:
+    """A PNG copy of the summary image PACS received, for opening without a DICOM viewer."""
+    from PIL import Image
+    from pydicom import dcmread
+
+    for path in received:
+        ds = dcmread(path)
+        if ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7":  # Secondary Capture Image
+            Image.fromarray(ds.pixel_array).save(out)
+            return out
+    return None
 
 
 def _print_findings(db_path: Path, received: list[Path]) -> None:
     from sqlalchemy import create_engine, select
     from sqlalchemy.orm import Session
 
+    from agent.report.inputs import operating_points
+    from hyperct_core.checkpoint import read_card
+    from hyperct_core.demo import demo_checkpoint_path
     from hyperct_core.tasks import task_by_name
     from storage.models import Job, Result
 
@@ -192,14 +252,18 @@ def _print_findings(db_path: Path, received: list[Path]) -> None:
         job = session.scalars(select(Job)).one()
         results = session.scalars(select(Result).order_by(Result.task_index)).all()
     engine.dispose()
+    # As the reports say it: a task without an operating point is not assessed, never absent.
+    assessed = operating_points(read_card(demo_checkpoint_path()))
     say("\nfindings:")
     say(f"  {'finding':<44} {'group':<14} {'probability':>11}  at threshold")
     for r in results:
         task = task_by_name(r.task_name)
-        flag = "PRESENT" if r.flagged else "absent"
-        say(f"  {task.display_name[:44]:<44} {task.group:<14} {r.probability:>11.3f}  {flag}")
+        flag = "PRESENT" if r.flagged else "absent" if r.task_name in assessed else "not assessed"
+        group = "echo-derived" if task.group == "opportunistic" else "conventional"
+        say(f"  {task.display_name[:44]:<44} {group:<14} {r.probability:>11.3f}  {flag}")
     if job.echo_referral:
         say("\nRECOMMENDATION: transthoracic echocardiography; triggered by "
             + ", ".join(job.referral_tasks or []))  # fmt: skip
     else:
-        say("\nno echocardiography referral: no echo-derived finding at its threshold")
+        say("\nno echocardiography referral: no echocardiography-derived cardiac condition "
+            "at or above its threshold")  # fmt: skip

@@ -11,6 +11,7 @@ from agent.config import ReportSettings
 from agent.pipeline.screen import ClaimedJob
 from agent.report import Findings, ModelIdentity, build_reports
 from agent.report.source import carried_source
+from agent.report.summary import ENCAPSULATED_PDF_STORAGE, summary_object
 from storage.files import InstanceStore, report_rel_path
 
 #: The report kind stored per object, by SOP Class UID.
@@ -19,6 +20,8 @@ _KINDS = {
     "1.2.840.10008.5.1.4.1.1.88.33": "text_sr",  # Comprehensive SR
     "1.2.840.10008.5.1.4.1.1.88.11": "text_sr",  # Basic Text SR
     "1.2.840.10008.5.1.4.1.1.88.22": "text_sr",  # Enhanced SR
+    "1.2.840.10008.5.1.4.1.1.7": "summary",  # Secondary Capture Image (summary page)
+    ENCAPSULATED_PDF_STORAGE: "summary",  # the same page as a PDF
 }
 
 
@@ -37,14 +40,27 @@ class ReportFiles:
         # What the reports take from the first source; the screener audits omissions.
         job.carried = carried_source(sources[0]) if sources else None
         written = []
-        for report in build_reports(
+        reports = build_reports(
             sources,
             findings,
             model,
             series_number=self.settings.series_number,
             revision=job.revision,
             text_report=self.settings.text_report,
-        ):
+        )
+        if self.settings.summary_image:
+            reports.append(
+                summary_object(
+                    sources,
+                    findings,
+                    model,
+                    job.key_image,
+                    revision=job.revision,
+                    series_number=self.settings.summary_series_number,
+                    fmt=self.settings.summary_format,
+                )
+            )
+        for report in reports:
             rel_path = report_rel_path(job.series_uid, str(report.SOPInstanceUID))
             self.store.save(rel_path, _encode(report))
             kind = _KINDS.get(str(report.SOPClassUID), "sr")

@@ -34,6 +34,7 @@ from agent.logs import get_logger
 from agent.pipeline.model import ModelHolder
 from agent.report import Findings, ModelIdentity, ReportInputError, referral
 from agent.report.source import CarriedSource
+from agent.report.summary import KeyImage
 from agent.series.eligibility import CONTRAST_BY_IMAGE, ContrastByTags, contrast_by_tags
 from agent.series.facts import facts_from_db
 from storage.audit import audit
@@ -63,6 +64,8 @@ class ClaimedJob:
     #: Set by the report writer when the reports leave source attributes out;
     #: audited with the results, in the same transaction.
     carried: CarriedSource | None = None
+    #: The axial slice through the heart, taken while the volume is in memory (summary image).
+    key_image: KeyImage | None = None
 
 
 #: Builds the report objects of a screened series and writes them durably;

@@ -47,6 +47,11 @@ def test_packaged_default_matches_embedded_defaults() -> None:
         ("[database]\nurl = 3\n", "[database].url"),
         ("[model]\ndevice = 'tpu'\n", "[model].device"),
         ("[logging]\nlevel = 'loud'\n", "[logging].level"),
+        ("[reports]\nsummary_format = 'png'\n", "[reports].summary_format"),
+        (
+            "[reports]\nsummary_series_number = 9901\n",
+            "[reports]: Value error, summary_series_number must differ",
+        ),
         ("[surprise]\nx = 1\n", "[surprise]: unknown key"),
         ("[model]\ncheckpoint = 'no/such/file'\n", "[model].checkpoint"),
     ],

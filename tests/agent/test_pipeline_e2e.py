@@ -24,6 +24,7 @@ from tests.support.netns import private_netns
 pytestmark = pytest.mark.slow
 
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
+SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 
 
 @pytest.fixture(scope="module")
@@ -36,16 +37,27 @@ def db_session(folder: Path) -> Session:
 
 
 def check_reports(files: list[Path], folder: Path) -> None:
-    """Valid SR objects whose probabilities are the ones in the database."""
-    sr_files = []
+    """Valid SR objects whose probabilities are the ones in the database, and the summary."""
+    sr_files, summaries = [], []
     for path in files:
         verdict = dciodvfy(path)
         assert verdict.errors == [], verdict.errors
+        ds = dcmread(path)
+        if ds.SOPClassUID == SECONDARY_CAPTURE:
+            summaries.append(ds)
+            continue
         code, text = dsrdump(path)
         assert code == 0 and not any(line.startswith("E:") for line in text.splitlines())
-        if dcmread(path, stop_before_pixels=True).SOPClassUID == COMPREHENSIVE_3D_SR:
+        if ds.SOPClassUID == COMPREHENSIVE_3D_SR:
             sr_files.append(path)
     [sr] = sr_files
+    # The summary page: in the CT's study, a series of its own, pixels that are a page.
+    [summary] = summaries
+    source = dcmread(sorted((folder / "series").glob("*.dcm"))[0], stop_before_pixels=True)
+    assert summary.StudyInstanceUID == source.StudyInstanceUID
+    assert summary.SeriesInstanceUID != dcmread(sr, stop_before_pixels=True).SeriesInstanceUID
+    assert summary.pixel_array.shape == (summary.Rows, summary.Columns, 3)
+    assert summary.pixel_array.std() > 10  # drawn on, not blank
     parsed = parse_measurement_report(sr)
     with db_session(folder) as s:
         stored = {r.task_name: r.probability for r in s.scalars(select(Result))}
@@ -71,8 +83,8 @@ def test_storescu_in_reports_out_at_storescp(tmp_path: Path, checkpoint: Path) -
             )  # fmt: skip
             assert sent.returncode == 0, sent.stderr
             files = wait_for(
-                lambda: (f := sorted(received.glob("*"))) and len(f) >= 2 and f,
-                180, "two reports at storescp", serve,
+                lambda: (f := sorted(received.glob("*"))) and len(f) >= 3 and f,
+                180, "two reports and the summary at storescp", serve,
             )  # fmt: skip
             time.sleep(0.5)  # let the delivery rows be committed
         finally:
@@ -82,7 +94,8 @@ def test_storescu_in_reports_out_at_storescp(tmp_path: Path, checkpoint: Path) -
         [job] = s.scalars(select(Job)).all()
         assert job.state == JobState.DONE and job.revision == 1
         reports = s.scalars(select(Report)).all()
-        assert {r.state for r in reports} == {ReportState.SENT} and len(reports) == 2
+        assert {r.state for r in reports} == {ReportState.SENT}
+        assert sorted(r.kind for r in reports) == ["sr", "summary", "text_sr"]
         assert job.echo_referral == bool(job.referral_tasks)
 
 
@@ -130,10 +143,11 @@ def test_orthanc_as_the_pacs(tmp_path: Path, checkpoint: Path) -> None:
                 ]
 
             ids = wait_for(
-                lambda: len(r := report_ids()) >= 2 and r, 180,
-                "both reports in the CT's study in Orthanc", serve,
+                lambda: len(r := report_ids()) >= 3 and r, 180,
+                "both reports and the summary in the CT's study in Orthanc", serve,
             )  # fmt: skip
-            assert len(rest("GET", f"/studies/{study}/series") or []) == 2  # type: ignore[arg-type]
+            # The CT, the report series and the summary series.
+            assert len(rest("GET", f"/studies/{study}/series") or []) == 3  # type: ignore[arg-type]
             files = []
             for n, rid in enumerate(ids):
                 out = ns.run(

@@ -82,7 +82,7 @@ def test_destination_down_then_back_across_a_restart(tmp_path: Path, checkpoint:
             with db(url) as s:
                 rows = s.scalars(select(Report)).all()
                 return (
-                    len(rows) == 2
+                    len(rows) == 3  # TID 1500 SR, text SR, summary image
                     and all(r.attempts >= 2 for r in rows)
                     and all(r.state in (ReportState.FAILED, ReportState.PENDING) for r in rows)
                 )
@@ -103,7 +103,7 @@ def test_destination_down_then_back_across_a_restart(tmp_path: Path, checkpoint:
     finally:
         assert serve.stop() == 0
         receiver.stop()
-    assert len(receiver.received) == 2 and len(set(receiver.received)) == 2
+    assert len(receiver.received) == 3 and len(set(receiver.received)) == 3
     with db(url) as s:
         assert all(
             r.last_error is None and r.sent_at is not None for r in s.scalars(select(Report))
@@ -161,7 +161,7 @@ def test_sigterm_during_inference_and_transfer_loses_nothing(
                 return len(jobs) == 2 and all(j.state == JobState.DONE for j in jobs)
 
         wait_for(both_done, 180, "both series screened after the restart", serve)
-        wait_for(lambda: len(set(receiver.received)) == 4, 60, "four reports delivered", serve)
+        wait_for(lambda: len(set(receiver.received)) == 6, 60, "six objects delivered", serve)
     finally:
         assert serve.stop() == 0
         receiver.stop()
@@ -209,7 +209,7 @@ def test_two_agents_on_one_postgresql_never_screen_twice(
                 return len(jobs) == 4 and all(j.state == JobState.DONE for j in jobs)
 
         wait_for(all_done, 300, "four series screened by two agents", agents[0])
-        wait_for(lambda: len(receiver.received) >= 8, 60, "eight reports delivered", agents[0])
+        wait_for(lambda: len(receiver.received) >= 12, 60, "12 objects delivered", agents[0])
         time.sleep(1.0)
     finally:
         for agent in agents:
