@@ -21,7 +21,7 @@ def test_default_phantoms_are_complete_and_eligible(
     # [completeness] min_coverage_mm 150.
     assert main(["explain", "--dir", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "screen: complete, eligible and chosen for its study" in text, text
+    assert "decision: queued" in text and "reason: complete and eligible" in text, text
 
 
 def test_the_demo_recipe_keeps_its_own_training_geometry() -> None:

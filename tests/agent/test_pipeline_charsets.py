@@ -75,8 +75,8 @@ def test_japanese_series_with_invalid_birth_date_reaches_the_pacs(tmp_path: Path
             )  # fmt: skip
             assert sent.returncode == 0, sent.stderr
             files = wait_for(
-                lambda: (f := sorted(received.glob("*"))) and len(f) >= 2 and f,
-                240, "two reports at storescp", serve,
+                lambda: (f := sorted(received.glob("*"))) and len(f) >= 3 and f,
+                240, "two reports and the summary image at storescp", serve,
             )  # fmt: skip
             time.sleep(0.5)  # let the delivery rows be committed
         finally:
@@ -92,7 +92,7 @@ def test_japanese_series_with_invalid_birth_date_reaches_the_pacs(tmp_path: Path
         [job] = s.scalars(select(Job)).all()
         assert job.state == JobState.DONE and job.attempts <= 1
         reports = s.scalars(select(Report)).all()
-        assert len(reports) == 2 and {r.state for r in reports} == {ReportState.SENT}
+        assert len(reports) == 3 and {r.state for r in reports} == {ReportState.SENT}
         [audited] = s.scalars(
             select(AuditEvent).where(AuditEvent.event_type == "report_content")
         ).all()
