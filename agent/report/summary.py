@@ -204,10 +204,11 @@ def conclusion(findings: Findings) -> tuple[str, str]:
         )
         return f"Echocardiography recommended: {names}", f"Why: {why}."
     if not any(_assessed(findings, t) for t in findings.referral_tasks):
+        # As the readable report says it: not assessed is no "no".
         return (
-            "No echocardiography referral",
-            "Why: this model assesses no echocardiography-derived cardiac condition "
-            "(none has an operating point).",
+            "Echocardiography referral not assessed",
+            "Why: this model has no validated operating point for any "
+            "echocardiography-derived cardiac condition.",
         )
     return (
         "No echocardiography referral",

@@ -148,6 +148,13 @@ def test_conclusion_first_names_the_triggers_and_why() -> None:
     head, why = conclusion(findings(cardiomegaly=0.9))  # not an echo-derived task
     assert head == "No echocardiography referral"
     assert "echocardiography-derived" in why
+    # A model with no operating point for any referral task cannot say "no".
+    m = model()
+    conventional = {t: v for t, v in m.thresholds.items() if t not in m.referral_tasks}
+    unassessed = Findings(TASK_NAMES, [0.9] * len(TASK_NAMES), conventional, m.referral_tasks)
+    head, why = conclusion(unassessed)
+    assert head == "Echocardiography referral not assessed"
+    assert "no validated operating point" in why
 
 
 def test_uids_are_deterministic_per_result(source, key) -> None:  # type: ignore[no-untyped-def]
