@@ -231,6 +231,9 @@ DEFAULT_NON_CONTRAST_PATTERNS: list[str] = [
     _B + r"(plain|nativ|native|without)" + _E,  # "CT CHEST PLAIN", "Thorax nativ"
     _B + r"(hrct|ldct)" + _E,  # high-resolution and low-dose lung CT: never enhanced
     _B + r"lung[\s_-]*(cancer[\s_-]*)?screen",
+    _B + r"pre[\s_-]*(contrast|kontrast|km|iv|injection)" + _E,  # the phase before injection
+    # Japanese 単純 (plain) / 非造影, Korean 비조영, Chinese 平扫 / 非增强 (no word edges in CJK).
+    r"(単純|非造影|비조영|평스캔|平扫|平掃|非增强|非強化)",
 ]
 
 #: Words that say a series (or study) is enhanced by intravenous contrast.
@@ -242,7 +245,7 @@ DEFAULT_CONTRAST_PATTERNS: list[str] = [
     _B + r"with\s*$",
     _B + r"(iv[\s_-]*)?(contrast|contraste|contrasto|kontrast|kontrastmittel|km)" + _E,
     _B + r"(c\+|\+c)(?![^\W_])",  # "C+ CHEST", "CHEST +C"
-    _B + r"(cta|ctpa|cect|mdcta)" + _E,
+    _B + r"(cta|ctpa|cect|mdcta|ce|enh)" + _E,  # "CE": contrast-enhanced; "ENH": enhanced
     r"angio",  # "ANGIO", "AngioTC", "angioscanner"
     _B + r"art[eé]ri(al|ell|el|elle|ale)?" + _E,  # "ARTERIAL", "arteriell", "artériel"
     _B + r"(portal|ven(ous|[oö]s|eux|euse|oso|osa)|portalven[oö]s)" + _E,
@@ -253,6 +256,8 @@ DEFAULT_CONTRAST_PATTERNS: list[str] = [
     _B + r"triple[\s_-]*rule",
     # Not "(enhanced conversion)", which converters append for Legacy Converted Enhanced CT.
     _B + r"enhanced" + _E + r"(?!\s*conversion)",
+    # Japanese/Chinese 造影 (contrast), Korean 조영, Chinese 增强 / 強化 (enhanced).
+    r"(造影|조영|增强|増強|強化)",
     r"(omnipaque|isovue|visipaque|ultravist|imeron|iomeron|iopamiro|optiray|xenetix"
     r"|io(hexol|pamidol|dixanol|promide|versol|meprol|bitridol))",
 ]
@@ -284,7 +289,16 @@ class EligibilitySettings(_Section):
 
     modalities: list[str] = ["CT"]
     sop_classes: list[str] = list(CT_SOP_CLASSES)
-    chest_patterns: list[str] = [r"chest", r"thora", r"lung", r"\bthx\b", r"\bpulm"]
+    chest_patterns: list[str] = [
+        r"chest",
+        r"thora",
+        r"t[oó]ra[cx]",  # Italian "torace", Spanish/Portuguese "tórax"
+        r"lung",
+        r"\bthx\b",
+        r"\bpulm",
+        r"\bc\.a\.p\b",  # chest/abdomen/pelvis
+        r"(胸部|肺|흉부|폐)",  # Japanese/Chinese chest, lung; Korean chest, lung
+    ]
     mixed_patterns: list[str] = DEFAULT_MIXED_PATTERNS
     non_contrast_patterns: list[str] = DEFAULT_NON_CONTRAST_PATTERNS
     contrast_patterns: list[str] = DEFAULT_CONTRAST_PATTERNS

@@ -113,6 +113,19 @@ CASES: list[tuple[str | None, str | None, str | None, str | None, str | None, st
     # An agent saying none is series level: it beats study words, not series words.
     ("Thorax 1.0 Br40", None, None, "CT CHEST W CONTRAST", "NONE", N),
     ("Thorax arteriell", None, None, None, "NONE", C),
+    # Phases and abbreviations sites use.
+    ("CT CHEST PRE CONTRAST", None, None, None, None, N),
+    ("Body 2.0 CE", None, None, "CE CT THORAX", None, C),
+    ("THORAX 1.0 CE", None, None, None, None, C),
+    ("CT CHEST ENH 2.5", None, None, None, None, C),
+    ("TORACE SENZA MDC", None, None, None, None, N),
+    # Japanese (単純 plain, 造影 contrast), Korean (비조영 / 조영), Chinese (平扫 / 增强).
+    ("胸部単純CT 1.0", None, None, None, None, N),
+    ("Thorax 1.0 FC13", None, None, "胸部造影CT", None, C),
+    ("흉부 CT 비조영", None, None, None, None, N),
+    ("흉부 CT 조영", None, None, None, None, C),
+    ("胸部CT平扫 1.25", None, None, None, None, N),
+    ("胸部CT增强 动脉期", None, None, None, None, C),
 ]
 
 
@@ -195,3 +208,23 @@ def test_a_bad_regex_is_refused_naming_the_key(key: str, tmp_path: object) -> No
 def test_the_image_threshold_is_validated() -> None:
     with pytest.raises(ValueError, match="blood_pool_contrast_hu"):
         Settings.model_validate({"eligibility": {"blood_pool_contrast_hu": 20}})
+
+
+@pytest.mark.parametrize(
+    ("description", "is_chest"),
+    [
+        ("TORACE SENZA MDC", True),
+        ("TC TÓRAX SIN CONTRASTE", True),
+        ("胸部単純CT", True),
+        ("흉부 CT 비조영", True),
+        ("C.A.P. W/ CONTRAST", True),
+        ("CT HEAD WO", False),
+        ("頭部単純CT", False),
+        ("ABDOMEN PELVIS 5.0", False),
+    ],
+)
+def test_chest_words_across_languages(description: str, is_chest: bool) -> None:
+    facts = chest(series_description=description, body_part_examined=None, protocol_name=None,
+                  study_description=None)  # fmt: skip
+    [check] = [c for c in assess_eligibility(facts, S).checks if c.name == "chest"]
+    assert check.passed is is_chest, check.detail
