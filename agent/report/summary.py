@@ -47,7 +47,7 @@ from agent.report.sr import (
     set_device_uid,
     software_versions,
 )
-from agent.report.uids import derive_uid
+from agent.report.uids import ReportUIDs
 from hyperct_core.tasks import task_by_name
 
 SummaryFormat = Literal["secondary_capture", "pdf"]
@@ -374,24 +374,6 @@ def render_summary(
 # --------------------------------------------------------------------------- DICOM
 
 
-@dataclass(frozen=True)
-class SummaryUIDs:
-    """Series and SOP Instance UIDs of one result's summary object."""
-
-    series_instance_uid: str
-    sop_instance_uid: str
-
-    @classmethod
-    def derive(cls, source_series_uid: str, device_uid: str, revision: int) -> SummaryUIDs:
-        if revision < 1:
-            raise ReportInputError("report: revision starts at 1")
-        key = (source_series_uid, device_uid, str(revision))
-        return cls(
-            series_instance_uid=derive_uid("summary-series", *key),
-            sop_instance_uid=derive_uid("summary", *key),
-        )
-
-
 def series_description(model: ModelIdentity) -> str:
     """Series Description (LO, <= 64) of the summary series."""
     text = "HyperCT AI summary, unverified"
@@ -413,7 +395,9 @@ def summary_object(
     evidence = prepare_source(source)
     if not 1 <= series_number <= 2**31 - 1:
         raise ReportInputError("report: summary series number must be in 1..2147483647")
-    uids = SummaryUIDs.derive(str(evidence[0].SeriesInstanceUID), model.device_uid, revision)
+    if revision < 1:
+        raise ReportInputError("report: revision starts at 1")
+    uids = ReportUIDs.derive(str(evidence[0].SeriesInstanceUID), model.device_uid, revision)
     created = created or datetime.datetime.now()
     page = render_summary(findings, model, key, created=created)
     if fmt == "pdf":
@@ -427,7 +411,7 @@ def _secondary_capture(
     ref: Dataset,
     page: Image.Image,
     model: ModelIdentity,
-    uids: SummaryUIDs,
+    uids: ReportUIDs,
     series_number: int,
     created: datetime.datetime,
 ) -> Dataset:
@@ -440,9 +424,9 @@ def _secondary_capture(
         # The page is not an image of the patient: no orientation in patient space.
         coordinate_system=hd.CoordinateSystemNames.PATIENT,
         patient_orientation=("L", "P"),
-        series_instance_uid=uids.series_instance_uid,
+        series_instance_uid=uids.summary_series_instance_uid,
         series_number=series_number,
-        sop_instance_uid=uids.sop_instance_uid,
+        sop_instance_uid=uids.summary_uid,
         instance_number=1,
         manufacturer=MANUFACTURER,
         transfer_syntax_uid=ExplicitVRLittleEndian,
@@ -476,7 +460,7 @@ def _encapsulated_pdf(
     ref: Dataset,
     page: Image.Image,
     model: ModelIdentity,
-    uids: SummaryUIDs,
+    uids: ReportUIDs,
     series_number: int,
     created: datetime.datetime,
 ) -> Dataset:
@@ -493,12 +477,12 @@ def _encapsulated_pdf(
     ds = Dataset()
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = UID(ENCAPSULATED_PDF_STORAGE)
-    meta.MediaStorageSOPInstanceUID = UID(uids.sop_instance_uid)
+    meta.MediaStorageSOPInstanceUID = UID(uids.summary_uid)
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.file_meta = meta
     ds.SpecificCharacterSet = ref.get("SpecificCharacterSet", "ISO_IR 192") or "ISO_IR 192"
     ds.SOPClassUID = ENCAPSULATED_PDF_STORAGE
-    ds.SOPInstanceUID = uids.sop_instance_uid
+    ds.SOPInstanceUID = uids.summary_uid
     # Patient (C.7.1.1) and General Study (C.7.2.1), copied from the CT.
     for keyword in (
         "PatientName",
@@ -515,7 +499,7 @@ def _encapsulated_pdf(
         setattr(ds, keyword, ref.get(keyword, ""))
     # Encapsulated Document Series (C.24.1)
     ds.Modality = "DOC"
-    ds.SeriesInstanceUID = uids.series_instance_uid
+    ds.SeriesInstanceUID = uids.summary_series_instance_uid
     ds.SeriesNumber = series_number
     ds.SeriesDescription = series_description(model)
     date, time = _date_time(created)

@@ -32,6 +32,9 @@ class ReportUIDs:
     series_instance_uid: str
     measurement_report_uid: str
     text_report_uid: str
+    # The summary image (SC or PDF) has a modality of its own, so a series of its own.
+    summary_series_instance_uid: str
+    summary_uid: str
 
     @classmethod
     def derive(cls, source_series_uid: str, device_uid: str, revision: int) -> ReportUIDs:
@@ -42,6 +45,8 @@ class ReportUIDs:
             series_instance_uid=derive_uid("series", *key),
             measurement_report_uid=derive_uid("tid1500", *key),
             text_report_uid=derive_uid("text", *key),
+            summary_series_instance_uid=derive_uid("summary-series", *key),
+            summary_uid=derive_uid("summary", *key),
         )
 
     def tracking_uid(self, what: str) -> str:
