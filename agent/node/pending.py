@@ -11,10 +11,10 @@ Here a connection is *pending* from its accept until its whole
 A-ASSOCIATE-RQ (PS3.8 9.3.2) has arrived: the TLS handshake (PS3.15 B.1) and
 the request must each complete within their own short deadline, and only
 then does pynetdicom see the connection and count it as an association.
-Pending connections are bounded per listener and per peer address; when the
-listener's bound is reached, a new connection displaces the oldest pending
-one, so a sender that speaks at once still gets through while a crowd of
-silent sockets waits out its deadline.
+Pending connections are bounded per listener and per peer address; when a
+bound is reached, a new connection displaces the oldest pending one (from the
+same address, for the per-address bound), so a sender that speaks at once
+still gets through while a crowd of silent sockets waits out its deadline.
 
 What is dropped goes through :class:`DropReport`, which passes a few drops
 per interval on one by one and counts the rest into one summary, so an attack
@@ -52,11 +52,18 @@ class Pending:
 
     sock: socket.socket
     peer: str
-    displaced: bool = False
+    #: Why it was hung up to make room for a newer connection, if it was.
+    displaced: str | None = None
 
 
 class PendingGate:
-    """Admission of connections before association, bounded overall and per address."""
+    """Admission of connections before association, bounded overall and per address.
+
+    A bound reached is never a reason to refuse the new connection: the oldest
+    pending one (from the same address for the per-address bound) has had the
+    longest to speak and is hung up instead. A silent crowd thus keeps no one
+    out, not even a sender sharing its address; it only churns.
+    """
 
     def __init__(self, max_pending: int, max_per_address: int) -> None:
         self.max_pending = max_pending
@@ -65,32 +72,37 @@ class PendingGate:
         self._pending: OrderedDict[int, Pending] = OrderedDict()
         self._per_address: Counter[str] = Counter()
 
-    def admit(self, sock: socket.socket, peer: str) -> Pending | str:
-        """The pending entry for ``sock``, or why it is refused at once."""
+    def admit(self, sock: socket.socket, peer: str) -> Pending:
+        """Register ``sock`` as pending, displacing the oldest where a bound is reached."""
         entry = Pending(sock, peer)
-        displaced: Pending | None = None
+        displaced: list[Pending] = []
         with self._lock:
             if self._per_address[peer] >= self.max_per_address:
-                return (
-                    f"too many pending connections from this address (limit {self.max_per_address})"
+                oldest = next(e for e in self._pending.values() if e.peer == peer)
+                oldest.displaced = (
+                    f"displaced: {self.max_per_address} connections pending from this address"
                 )
+                displaced.append(self._remove(oldest))
             if len(self._pending) >= self.max_pending:
-                # The oldest has had the longest to speak; a new one may be a real sender.
-                _, displaced = self._pending.popitem(last=False)
-                self._forget(displaced)
-                displaced.displaced = True
+                oldest = next(iter(self._pending.values()))
+                oldest.displaced = f"displaced: {self.max_pending} connections pending"
+                displaced.append(self._remove(oldest))
             self._pending[id(sock)] = entry
             self._per_address[peer] += 1
-        if displaced is not None:
-            hang_up(displaced.sock)
+        for old in displaced:
+            hang_up(old.sock)
+        return entry
+
+    def _remove(self, entry: Pending) -> Pending:
+        del self._pending[id(entry.sock)]
+        self._forget(entry)
         return entry
 
     def release(self, entry: Pending) -> None:
         """``entry`` is no longer pending (handed over, dropped or displaced)."""
         with self._lock:
             if self._pending.get(id(entry.sock)) is entry:
-                del self._pending[id(entry.sock)]
-                self._forget(entry)
+                self._remove(entry)
 
     def _forget(self, entry: Pending) -> None:
         self._per_address[entry.peer] -= 1

@@ -122,6 +122,9 @@ class NodeServer(ThreadedAssociationServer):
     :attr:`report`.
     """
 
+    # socketserver listens with a backlog of 5: a burst of connections beyond it has
+    # the kernel drop SYNs, and a real sender's connect then waits for a retransmission.
+    request_queue_size = 128
     gate: PendingGate
     report: DropReport | None = None
     association_request_timeout: float = 5.0
@@ -147,12 +150,8 @@ class NodeServer(ThreadedAssociationServer):
         return client, address
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
-        # In the accept loop: a connection over the bounds costs no thread.
-        admitted = self.gate.admit(request, _peer(client_address))
-        if isinstance(admitted, str):
-            self._drop(_peer(client_address), admitted)
-            return False
-        self._admitted = admitted
+        # In the accept loop, so that bounds are applied in the order of arrival.
+        self._admitted = self.gate.admit(request, _peer(client_address))
         return True
 
     def process_request(self, request: Any, client_address: Any) -> None:
@@ -182,7 +181,7 @@ class NodeServer(ThreadedAssociationServer):
                 self.gate.release(entry)
         if pdu is None:
             if entry is not None and entry.displaced:
-                reason = f"displaced: {self.gate.max_pending} connections pending"
+                reason = entry.displaced
             self.shutdown_request(request)
             if reason is not None:
                 self._drop(peer, reason, tls=tls)

@@ -26,6 +26,11 @@ per call, with the same contract (return early only when the peer closed).
 Beyond :data:`_PREALLOCATE` bytes the buffer grows as data arrives, so a
 declared length costs memory only once the peer has actually sent it.
 
+A connection's A-ASSOCIATE-RQ is read before its association exists
+(:mod:`agent.node.pending`); :func:`set_prefetched` leaves those bytes on the
+new association's socket, where ``recv`` returns them first and ``ready``
+reports them as data waiting.
+
 Guards (reliability rows 4 and 5): pynetdicom's ``_read_pdu_data`` reads the
 6-byte PDU header and then ``recv``\ s whatever length it declares, without
 comparing it to any maximum. :func:`_read_pdu_data_guarded` replaces it and

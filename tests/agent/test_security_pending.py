@@ -168,27 +168,50 @@ def test_idle_sockets_are_dropped_after_the_deadline(tmp_path: Path, sqlite_engi
     assert all("A-ASSOCIATE-RQ" in str(a["reason"]) for a in one_by_one)
 
 
-def test_per_address_bound(tmp_path: Path, sqlite_engine: Engine) -> None:
+def test_ten_idle_sockets_from_the_senders_own_address_keep_no_one_out(
+    tmp_path: Path, sqlite_engine: Engine
+) -> None:
+    # Every default setting: ten associations, eight pending per address, 5 s deadline.
+    node = start_test_node(tmp_path, sqlite_engine)
+    crowd = [idle(node.port, "127.0.0.1") for _ in range(10)]
+    try:
+        assert wait_pending(node.node.server, 8, "127.0.0.1") == 8  # two displaced at once
+        assert dcmtk_echo(node.port) == 0
+        files = write_series(ct_series(2, seed=41), tmp_path / "in")
+        proc = node.storescu(*files)
+        assert proc.returncode == 0, proc.stderr
+        assert node.counts() == (2, 1)
+    finally:
+        close_all(crowd)
+        node.node.stop()
+        node.store.close()
+
+
+def test_per_address_bound_displaces_the_oldest_from_that_address(
+    tmp_path: Path, sqlite_engine: Engine
+) -> None:
     with running(
         tmp_path, sqlite_engine, max_pending_per_address=4, timeouts={"association_request": LONG}
     ) as node:
         server = node.node.server
-        first = [idle(node.port, "127.0.0.2") for _ in range(4)]
+        socks = [idle(node.port, "127.0.0.2") for _ in range(4)]
         try:
             assert wait_pending(server, 4, "127.0.0.2") == 4
-            extra = idle(node.port, "127.0.0.2")
-            first.append(extra)
-            assert closed_by_peer(extra, within=5) is not None  # refused at once
-            assert all(still_open(sock) for sock in first[:4])
-            other = idle(node.port, "127.0.0.3")  # another address is not affected
-            first.append(other)
+            other = idle(node.port, "127.0.0.3")
+            socks.append(other)
             assert wait_pending(server, 1, "127.0.0.3") == 1
+            newest = idle(node.port, "127.0.0.2")
+            socks.append(newest)
+            assert closed_by_peer(socks[0], within=5) is not None  # the oldest of .2
+            assert all(still_open(sock) for sock in [*socks[1:4], other, newest])
+            assert server.gate.count("127.0.0.2") == 4
+            assert server.gate.count("127.0.0.3") == 1
+            [dropped] = alerts(node, "connection_dropped", 1)
+            assert dropped["peer"] == "127.0.0.2"
+            assert "from this address" in dropped["reason"]
             assert echo(node.port) == 0x0000
-            [refusal] = alerts(node, "connection_dropped", 1)
-            assert refusal["peer"] == "127.0.0.2"
-            assert "from this address" in refusal["reason"]
         finally:
-            close_all(first)
+            close_all(socks)
 
 
 def test_a_full_pending_list_gives_way_to_a_new_connection(
