@@ -55,6 +55,10 @@ class Timeouts(_Section):
     dimse: PositiveSeconds = 60.0
     network: PositiveSeconds = 60.0
     connection: PositiveSeconds = 10.0
+    # Before association: the whole A-ASSOCIATE-RQ, and on the TLS port the handshake
+    # before it, must arrive within these, or the connection is dropped.
+    association_request: PositiveSeconds = 5.0
+    tls_handshake: PositiveSeconds = 5.0
 
 
 class NodeTLSSettings(_Section):
@@ -90,6 +94,10 @@ class NodeSettings(_Section):
     max_associations: Annotated[int, Field(ge=1, le=1000)] = 10
     # Simultaneous associations one calling AE title may hold (None: only the overall limit).
     max_associations_per_ae: Annotated[int, Field(ge=1, le=1000)] | None = None
+    # Connections still in their TLS handshake or A-ASSOCIATE-RQ, per listener and per
+    # peer address; counted apart from associations.
+    max_pending_connections: Annotated[int, Field(ge=1, le=10000)] = 64
+    max_pending_per_address: Annotated[int, Field(ge=1, le=10000)] = 8
     # Largest dataset one C-STORE may carry; a peer sending more is aborted while
     # it sends, before the excess is buffered.
     max_dataset_bytes: Annotated[int, Field(ge=1024)] = 1 << 30

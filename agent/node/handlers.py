@@ -131,6 +131,31 @@ class NodeHandlers:
             "security_alert", "tls_handshake_failed", detail={"peer": peer, "reason": reason}
         )
 
+    def on_connection_dropped(self, peer: str, reason: str, tls: bool) -> None:
+        """A connection dropped before association (TLS handshake or A-ASSOCIATE-RQ)."""
+        if tls:
+            self.on_tls_failure(peer, reason)
+            return
+        log.warning("connection dropped before association", peer=peer, reason=reason)
+        self._audit_safely(
+            "security_alert", "connection_dropped", detail={"peer": peer, "reason": reason}
+        )
+
+    def on_connections_dropped(self, reasons: dict[str, int], peers: int) -> None:
+        """Drops beyond those reported one by one, counted over an interval."""
+        total = sum(reasons.values())
+        log.warning(
+            "connections dropped before association",
+            count=total,
+            addresses=peers,
+            reasons=reasons,
+        )
+        self._audit_safely(
+            "security_alert",
+            "connections_dropped",
+            detail={"count": total, "addresses": peers, "reasons": reasons},
+        )
+
     def _audit_safely(self, event_type: str, outcome: str, **fields: object) -> None:
         try:
             with self.sessions.begin() as session:

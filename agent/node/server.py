@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -26,15 +26,22 @@ from pydicom.uid import (
     RLELossless,
 )
 from pynetdicom import AE
+from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification
-from pynetdicom.transport import ThreadedAssociationServer
+from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 from agent.config import NodeSettings
 from agent.logs import quiet_pynetdicom
 from agent.node.guards import install_association_guards, set_max_per_ae
 from agent.node.handlers import NodeHandlers
+from agent.node.pending import DropReport, Pending, PendingGate, read_associate_rq
 from agent.node.tls import server_context
-from agent.node.transport import install_transport_tuning, node_limits, set_limits
+from agent.node.transport import (
+    install_transport_tuning,
+    node_limits,
+    set_limits,
+    set_prefetched,
+)
 from hyperct_core.decoders import can_decode
 
 # In order of preference: pynetdicom accepts, of the syntaxes one presentation context
@@ -88,18 +95,47 @@ def build_ae(settings: NodeSettings) -> AE:
     return ae
 
 
-class NodeServer(ThreadedAssociationServer):
-    """pynetdicom's threaded server, with the TLS handshake moved off the accept loop.
+class _GatedRequestHandler(RequestHandler):
+    """pynetdicom's handler, giving the new association the PDU the gate already read."""
 
-    pynetdicom wraps an accepted socket and completes the handshake in the one
-    thread that accepts connections, so a client that connects and sends
-    nothing stalls every other client. Here the handshake runs in the
-    connection's own thread under the network timeout, at most
-    ``max_associations`` at once; a failed one closes the connection before
-    any association exists and is reported to ``on_handshake_failure``.
+    server: NodeServer
+
+    def _create_association(self) -> Association:
+        assoc = super()._create_association()
+        prefetched = getattr(self.server._handoff, "pdu", None)
+        if prefetched and assoc.dul.socket is not None:
+            set_prefetched(assoc.dul.socket, prefetched)
+        return assoc
+
+
+class NodeServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server, with a gate before association.
+
+    pynetdicom wraps an accepted socket and completes the TLS handshake in the
+    one thread that accepts connections, so a client that connects and sends
+    nothing stalls every other client; and it counts a connection as an
+    association before the peer has said anything. Here each connection's own
+    thread first completes the TLS handshake and reads the whole
+    A-ASSOCIATE-RQ, each under its short deadline, while the connection counts
+    only against the pending bounds of :class:`~agent.node.pending.PendingGate`;
+    then pynetdicom takes it over with that PDU already read. Drops go to
+    :attr:`report`.
     """
 
-    on_handshake_failure: Callable[[str, str], None] | None = None
+    # socketserver listens with a backlog of 5: a burst of connections beyond it has
+    # the kernel drop SYNs, and a real sender's connect then waits for a retransmission.
+    request_queue_size = 128
+    gate: PendingGate
+    report: DropReport | None = None
+    association_request_timeout: float = 5.0
+    tls_handshake_timeout: float = 5.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["request_handler"] = _GatedRequestHandler
+        self._handoff = threading.local()
+        self._admitted: Pending | None = None
+        self.gate = PendingGate(64, 8)
+        super().__init__(*args, **kwargs)
 
     def get_request(self) -> tuple[socket.socket, Any]:
         assert self.socket is not None
@@ -113,41 +149,88 @@ class NodeServer(ThreadedAssociationServer):
             )
         return client, address
 
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        if isinstance(request, ssl.SSLSocket) and not self._handshake(request, client_address):
-            return
-        super().process_request_thread(request, client_address)
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        # In the accept loop, so that bounds are applied in the order of arrival.
+        self._admitted = self.gate.admit(request, _peer(client_address))
+        return True
 
-    def _handshake(self, request: ssl.SSLSocket, client_address: Any) -> bool:
-        peer = str(client_address[0]) if isinstance(client_address, tuple) else "?"
-        slots = self.__dict__.setdefault(
-            "_handshakes", threading.BoundedSemaphore(self.ae.maximum_associations)
+    def process_request(self, request: Any, client_address: Any) -> None:
+        # Called right after verify_request, in the same (accept) thread.
+        entry, self._admitted = self._admitted, None
+        thread = threading.Thread(
+            target=self._gated_request_thread,
+            args=(request, client_address, entry),
+            name="PendingConnection",
+            daemon=True,
         )
-        if not slots.acquire(blocking=False):
-            self._refuse(request, peer, "too many TLS handshakes in progress")
-            return False
         try:
-            request.settimeout(self.ae.network_timeout)
-            request.do_handshake()
-            return True
-        except (ssl.SSLError, OSError) as exc:
-            reason = getattr(exc, "reason", None) or type(exc).__name__
-            self._refuse(request, peer, str(reason))
-            return False
-        finally:
-            slots.release()
+            thread.start()
+        except RuntimeError:  # no thread to be had: drop, never crash the accept loop
+            if entry is not None:
+                self.gate.release(entry)
+            self.shutdown_request(request)
 
-    def _refuse(self, request: socket.socket, peer: str, reason: str) -> None:
-        self.shutdown_request(request)
-        if self.on_handshake_failure is not None:
-            self.on_handshake_failure(peer, reason)
+    def _gated_request_thread(
+        self, request: Any, client_address: Any, entry: Pending | None
+    ) -> None:
+        peer = _peer(client_address)
+        try:
+            pdu, reason, tls = self._await_associate_rq(request)
+        finally:
+            if entry is not None:
+                self.gate.release(entry)
+        if pdu is None:
+            if entry is not None and entry.displaced:
+                reason = entry.displaced
+            self.shutdown_request(request)
+            if reason is not None:
+                self._drop(peer, reason, tls=tls)
+            return
+        with contextlib.suppress(OSError):
+            request.settimeout(self.ae.network_timeout)
+        self._handoff.pdu = pdu
+        try:
+            self.process_request_thread(request, client_address)
+        finally:
+            self._handoff.pdu = None
+
+    def _await_associate_rq(self, request: Any) -> tuple[bytes | None, str | None, bool]:
+        """The A-ASSOCIATE-RQ, or None, why, and whether the TLS handshake failed."""
+        if isinstance(request, ssl.SSLSocket):
+            seconds = self.tls_handshake_timeout
+            try:
+                request.settimeout(seconds)
+                request.do_handshake()
+            except TimeoutError:
+                return None, f"no TLS handshake within {seconds:g} s", True
+            except (ssl.SSLError, OSError) as exc:
+                return None, str(getattr(exc, "reason", None) or type(exc).__name__), True
+        try:
+            pdu, reason = read_associate_rq(request, self.association_request_timeout)
+        except (ssl.SSLError, OSError) as exc:
+            return None, str(getattr(exc, "reason", None) or type(exc).__name__), False
+        return pdu, reason, False
+
+    def _drop(self, peer: str, reason: str, *, tls: bool = False) -> None:
+        if self.report is not None:
+            self.report.note(peer, reason, tls=tls)
+
+    def shutdown(self) -> None:
+        super().shutdown()
+        self.gate.close_all()
+        if self.report is not None:
+            self.report.close()
+
+
+def _peer(client_address: Any) -> str:
+    return str(client_address[0]) if isinstance(client_address, tuple) else "?"
 
 
 @dataclass
 class RunningNode:
     ae: AE
-    server: ThreadedAssociationServer
-    tls_server: ThreadedAssociationServer | None = None
+    server: NodeServer
+    tls_server: NodeServer | None = None
 
     @property
     def port(self) -> int:
@@ -166,6 +249,7 @@ class RunningNode:
 
 def _serve(
     ae: AE,
+    settings: NodeSettings,
     address: tuple[str, int],
     handlers: NodeHandlers,
     context: ssl.SSLContext | None = None,
@@ -179,7 +263,10 @@ def _serve(
             server_class=NodeServer,
         ),
     )
-    server.on_handshake_failure = handlers.on_tls_failure
+    server.gate = PendingGate(settings.max_pending_connections, settings.max_pending_per_address)
+    server.association_request_timeout = settings.timeouts.association_request
+    server.tls_handshake_timeout = settings.timeouts.tls_handshake
+    server.report = DropReport(handlers.on_connection_dropped, handlers.on_connections_dropped)
     thread = threading.Thread(target=server.serve_forever, name="AcceptorServer", daemon=True)
     thread.start()
     ae._servers.append(server)
@@ -195,11 +282,11 @@ def start_node(settings: NodeSettings, handlers: NodeHandlers) -> RunningNode:
     """
     context = server_context(settings.tls) if settings.tls.enabled else None
     ae = build_ae(settings)
-    server = _serve(ae, (settings.host, settings.port), handlers)
+    server = _serve(ae, settings, (settings.host, settings.port), handlers)
     tls_server = None
     if context is not None:
         try:
-            tls_server = _serve(ae, (settings.host, settings.tls.port), handlers, context)
+            tls_server = _serve(ae, settings, (settings.host, settings.tls.port), handlers, context)
         except OSError:
             server.shutdown()
             ae.shutdown()

@@ -26,6 +26,11 @@ per call, with the same contract (return early only when the peer closed).
 Beyond :data:`_PREALLOCATE` bytes the buffer grows as data arrives, so a
 declared length costs memory only once the peer has actually sent it.
 
+A connection's A-ASSOCIATE-RQ is read before its association exists
+(:mod:`agent.node.pending`); :func:`set_prefetched` leaves those bytes on the
+new association's socket, where ``recv`` returns them first and ``ready``
+reports them as data waiting.
+
 Guards (reliability rows 4 and 5): pynetdicom's ``_read_pdu_data`` reads the
 6-byte PDU header and then ``recv``\ s whatever length it declares, without
 comparing it to any maximum. :func:`_read_pdu_data_guarded` replaces it and
@@ -70,6 +75,7 @@ _WAKE_ATTR = "_hyperct_wake"
 _PIPE_ATTR = "_hyperct_pipe"
 _LIMITS_ATTR = "_hyperct_pdu_limits"
 _PDATA_ATTR = "_hyperct_pdata_bytes"
+_PREFETCH_ATTR = "_hyperct_prefetched"
 # Buffers up to this size are allocated at once; larger ones grow with the data.
 _PREALLOCATE = 16 << 20
 # PDU types of PS3.8 9.3 (A-ASSOCIATE-RQ ... A-ABORT).
@@ -157,6 +163,8 @@ class ReactorClock:
     @staticmethod
     def _dul_wait(dul: DULServiceProvider, seconds: float) -> None:
         transport = dul.socket
+        if transport is not None and transport.__dict__.get(_PREFETCH_ATTR):
+            return
         raw = getattr(transport, "socket", None) if transport is not None else None
         if raw is None or raw.fileno() < 0:
             time.sleep(seconds)
@@ -176,8 +184,37 @@ class ReactorClock:
                 os.read(pipe, 4096)
 
 
+def set_prefetched(transport: AssociationSocket, data: bytes) -> None:
+    """Bytes read from ``transport`` before its association existed, to be read first."""
+    transport.__dict__[_PREFETCH_ATTR] = bytearray(data)
+
+
+def _take_prefetched(self: AssociationSocket, nr_bytes: int) -> bytearray | None:
+    prefetched: bytearray | None = self.__dict__.get(_PREFETCH_ATTR)
+    if not prefetched:
+        return None
+    head = prefetched[:nr_bytes]
+    del prefetched[:nr_bytes]
+    return head
+
+
+_original_ready = AssociationSocket.ready
+
+
+def _ready_or_prefetched(self: AssociationSocket) -> bool:
+    """``AssociationSocket.ready``, also true while bytes read before association remain."""
+    if self.__dict__.get(_PREFETCH_ATTR):
+        return True
+    return bool(_original_ready.fget(self))  # type: ignore[attr-defined]
+
+
 def _recv_exact(self: AssociationSocket, nr_bytes: int) -> bytearray:
     """Read ``nr_bytes`` from the socket, or fewer if the peer closes the connection."""
+    head = _take_prefetched(self, nr_bytes)
+    if head is not None:
+        if len(head) == nr_bytes:
+            return head
+        return head + _recv_exact(self, nr_bytes - len(head))
     sock = self.socket
     assert sock is not None
     if nr_bytes > _PREALLOCATE:
@@ -333,6 +370,7 @@ def install_transport_tuning() -> None:
         _association.time = clock  # type: ignore[attr-defined]
         _dul.time = clock  # type: ignore[attr-defined]
         AssociationSocket.recv = _recv_exact  # type: ignore[method-assign]
+        AssociationSocket.ready = property(_ready_or_prefetched)  # type: ignore[method-assign,assignment]
         DULServiceProvider._read_pdu_data = _read_pdu_data_guarded  # type: ignore[method-assign]
         DIMSEServiceProvider.receive_primitive = _receive_primitive_guarded  # type: ignore[method-assign]
         StateMachine.do_action = _do_action_guarded  # type: ignore[method-assign]
