@@ -125,7 +125,8 @@ class LoginLimiter:
 
 class Verdict(enum.Enum):
     ALLOWED = "allowed"
-    DENIED = "denied"  # 401
+    DENIED = "denied"  # 401: no credentials, or not Basic ones
+    FAILED = "failed"  # 401: wrong user name or password (one try spent)
     LIMITED = "limited"  # 429: too many failed logins from this client
     BUSY = "busy"  # 503: every verification slot stayed taken
 
@@ -152,9 +153,6 @@ class BasicAuth:
     @property
     def required(self) -> bool:
         return bool(self.username)
-
-    def allows(self, header: str | None, client: str = "") -> bool:
-        return self.check(header, client)[0] is Verdict.ALLOWED
 
     def check(self, header: str | None, client: str) -> tuple[Verdict, float]:
         """(verdict, seconds to wait before retrying) for one request from ``client``."""
@@ -188,7 +186,7 @@ class BasicAuth:
                 self._running -= 1
             self._slots.release()
         if not ok:
-            return Verdict.DENIED, 0.0
+            return Verdict.FAILED, 0.0
         self.limiter.give_back(client)
         with self._lock:
             if len(self._accepted) > 64:

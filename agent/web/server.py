@@ -377,7 +377,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.headers.get("Authorization"), str(self.client_address[0])
         )
         if verdict is Verdict.LIMITED:
-            log.info("dashboard: login attempts limited", retry_after=int(wait) + 1)
+            log.debug("dashboard: login attempts limited", retry_after=int(wait) + 1)
             self._send(
                 HTTPStatus.TOO_MANY_REQUESTS,
                 "text/plain",
@@ -391,7 +391,10 @@ class _Handler(BaseHTTPRequestHandler):
                 HTTPStatus.SERVICE_UNAVAILABLE, "text/plain", b"busy\n", {"Retry-After": "1"}, head
             )
             return
-        if verdict is Verdict.DENIED:
+        if verdict is Verdict.FAILED:
+            # Bounded by the login limiter: a few lines per client, then one per 30 s.
+            log.warning("dashboard: failed login", client=str(self.client_address[0]))
+        if verdict in (Verdict.DENIED, Verdict.FAILED):
             self._send(
                 HTTPStatus.UNAUTHORIZED,
                 "text/plain",
