@@ -188,9 +188,11 @@ class _Server(ThreadingHTTPServer):
 
     def __init__(self, host: str, port: int, handler: type[_Handler]) -> None:
         # The family comes from the address: "::1" and "::" need AF_INET6, and
-        # a scoped link-local address keeps its scope from getaddrinfo.
+        # a scoped link-local address keeps its scope from getaddrinfo. A name
+        # with both families (localhost) binds IPv4, where it always did.
         name = host.strip().strip("[]") or None
         infos = socket.getaddrinfo(name, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        infos.sort(key=lambda info: info[0] != socket.AF_INET)
         family, _type, _proto, _canon, address = infos[0]
         self.address_family = family
         self._lock = threading.Lock()
@@ -200,6 +202,10 @@ class _Server(ThreadingHTTPServer):
     def server_bind(self) -> None:
         # HTTPServer.server_bind looks up the host's FQDN, a DNS query that can
         # stall start-up for nothing: the pages never print it.
+        if self.address_family == socket.AF_INET6 and self.server_address[0] == "::":
+            # "::" means every address, IPv4 ones included, whatever the system default.
+            with contextlib.suppress(OSError, AttributeError):
+                self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         socketserver.TCPServer.server_bind(self)
         self.server_name = str(self.server_address[0])
         self.server_port = int(self.server_address[1])

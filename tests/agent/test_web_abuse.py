@@ -24,7 +24,14 @@ from agent.config import Settings, load_settings
 from agent.errors import ConfigError
 from agent.web import Dashboard, start_dashboard
 from agent.web import server as web_server
-from agent.web.auth import CONCURRENT_VERIFICATIONS, LOGIN_BURST, hash_password, verify_password
+from agent.web.auth import (
+    CONCURRENT_VERIFICATIONS,
+    LOGIN_BURST,
+    LoginLimiter,
+    client_key,
+    hash_password,
+    verify_password,
+)
 from tests.agent.pipeline_env import Serve, agent_config, wait_for
 from tests.agent.test_web import web_config
 
@@ -295,3 +302,29 @@ def test_password_hash_cost_and_shape_are_checked(tmp_path: Path, value: str, wh
     assert why in str(err.value) and "\n" not in str(err.value)
     # A hash that slipped past the configuration still never runs at that cost.
     assert not verify_password("x", value)
+
+
+def test_limits_count_an_ipv6_client_by_its_64_and_mapped_ipv4_as_ipv4() -> None:
+    assert client_key("::ffff:127.0.0.1") == client_key("127.0.0.1") == "127.0.0.1"
+    assert (
+        client_key("2001:db8:1:2::1") == client_key("2001:db8:1:2:ffff::9") == "2001:db8:1:2::/64"
+    )
+    assert client_key("2001:db8:1:3::1") != client_key("2001:db8:1:2::1")
+    assert client_key("fe80::1%eth0") == "fe80::/64"
+
+
+def test_the_limiter_refills_one_try_per_period() -> None:
+    now = [1000.0]
+    limiter = LoginLimiter(burst=3, refill_seconds=30.0, clock=lambda: now[0], tracked=2)
+    assert [limiter.take("10.0.0.1") for _ in range(3)] == [0.0] * 3
+    assert limiter.take("10.0.0.1") == pytest.approx(30.0)
+    now[0] += 15
+    assert limiter.take("10.0.0.1") == pytest.approx(15.0)
+    now[0] += 15
+    assert limiter.take("10.0.0.1") == 0.0 and limiter.take("10.0.0.1") > 0
+    limiter.give_back("10.0.0.1")  # a right password returns its token
+    assert limiter.take("10.0.0.1") == 0.0
+    # The table is bounded: the least recently seen client is forgotten (starts afresh).
+    limiter.take("10.0.0.2")
+    limiter.take("10.0.0.3")
+    assert [limiter.take("10.0.0.1") for _ in range(3)] == [0.0] * 3
