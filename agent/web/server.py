@@ -15,6 +15,7 @@ Connections are bounded in total and per client address.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import io
 import json
 import socket
@@ -68,6 +69,8 @@ _SECURITY_HEADERS = {
 # Longest request line accepted (the method, target and version); browsers and
 # proxies keep URLs well below this.
 MAX_REQUEST_LINE = 8192
+# Bytes of header fields accepted in one request, all lines together.
+MAX_HEADER_BYTES = 32768
 # Seconds a client has to send its whole request head, however slowly it drips.
 HEAD_SECONDS = 10.0
 # Seconds one read or write may stall once the request is under way.
@@ -263,6 +266,28 @@ def _refuse(sock: socket.socket, status: bytes) -> None:
         sock.send(answer)
 
 
+class _HeadReader:
+    """The request stream as ``http.client.parse_headers`` reads it, with a budget for all lines.
+
+    parse_headers bounds each line (64 KB) and their count (100), which still
+    lets one request hold 6 MB; the budget holds the whole header section.
+    """
+
+    def __init__(self, stream: Any, budget: int) -> None:
+        self.stream = stream
+        self.budget = budget
+
+    def readline(self, limit: int = -1) -> bytes:
+        if self.budget < 0:
+            raise http.client.LineTooLong("header section")
+        size = self.budget + 1 if limit < 0 else min(limit, self.budget + 1)
+        line: bytes = self.stream.readline(size)
+        self.budget -= len(line)
+        if self.budget < 0:
+            raise http.client.LineTooLong("header section")
+        return line
+
+
 def _drain(sock: socket.socket) -> None:
     """Read and drop what the client still sends, bounded in bytes and time (lingering close)."""
     with contextlib.suppress(OSError):
@@ -337,7 +362,12 @@ class _Handler(BaseHTTPRequestHandler):
         if len(line.split()) == 2:  # "GET /": HTTP/0.9, which has no status line to answer with
             return self._fail(HTTPStatus.BAD_REQUEST, "HTTP/0.9 is not served")
         self.raw_requestline = line
-        parsed = self.parse_request()
+        stream = self.rfile
+        self.rfile = cast(io.BufferedIOBase, _HeadReader(stream, MAX_HEADER_BYTES))
+        try:
+            parsed = self.parse_request()
+        finally:
+            self.rfile = stream
         if self._expired:
             return self._fail(HTTPStatus.REQUEST_TIMEOUT, "request head too slow")
         if not parsed:

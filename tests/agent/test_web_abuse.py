@@ -123,6 +123,10 @@ MALFORMED = {
     "binary garbage": (b"\x00\xff\x13\x80garbage\x00\r\n\r\n", 400),
     "letters then noise": (b"xyzzy \x01\x02 plugh\r\n\r\n", 400),
     "header flood": (HEADER_FLOOD, 431),
+    "60 KB of 1 KB headers": (
+        b"GET / HTTP/1.1\r\n" + b"".join(b"X-%d: %s\r\n" % (i, b"v" * 1000) for i in range(60)),
+        431,
+    ),
     "70 KB header": (b"GET / HTTP/1.1\r\nX-Big: " + b"b" * 70_000 + b"\r\n\r\n", 431),
     "unknown method": (b"BREW /pot HTTP/1.1\r\nHost: x\r\n\r\n", 405),
     "OPTIONS": (b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n", 405),
