@@ -8,6 +8,8 @@ moved together with its data.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import os
 import re
@@ -427,6 +429,33 @@ def is_loopback_host(host: str) -> bool:
         return False
 
 
+# PBKDF2 iterations accepted in ``password_hash``: every failed login runs the
+# hash once, so its cost is bounded as well as its strength.
+PBKDF2_MIN_ITERATIONS = 1_000
+PBKDF2_MAX_ITERATIONS = 2_000_000
+
+
+def parse_password_hash(encoded: str) -> tuple[int, bytes, bytes]:
+    """(iterations, salt, digest) of ``pbkdf2_sha256$ITERATIONS$SALT$HASH``; ValueError if not."""
+    parts = encoded.split("$")
+    if len(parts) != 4 or parts[0] != "pbkdf2_sha256" or not re.fullmatch(r"[0-9]{1,9}", parts[1]):
+        raise ValueError("password_hash is not pbkdf2_sha256$ITERATIONS$SALT$HASH")
+    iterations = int(parts[1])
+    if not PBKDF2_MIN_ITERATIONS <= iterations <= PBKDF2_MAX_ITERATIONS:
+        raise ValueError(
+            f"password_hash iterations {iterations} outside"
+            f" {PBKDF2_MIN_ITERATIONS}..{PBKDF2_MAX_ITERATIONS}"
+        )
+    try:
+        salt = base64.b64decode(parts[2], validate=True)
+        digest = base64.b64decode(parts[3], validate=True)
+    except binascii.Error:
+        raise ValueError("password_hash salt or hash is not base64") from None
+    if not salt or len(digest) != 32:
+        raise ValueError("password_hash salt is empty or hash is not 32 bytes (SHA-256)")
+    return iterations, salt, digest
+
+
 class WebSettings(_Section):
     """The read-only dashboard, ``/metrics`` and ``/healthz`` served by ``serve``.
 
@@ -450,8 +479,8 @@ class WebSettings(_Section):
             raise ValueError("give password or password_hash, not both")
         if secret != bool(self.username):
             raise ValueError("username and password (or password_hash) go together")
-        if self.password_hash is not None and self.password_hash.count("$") != 3:
-            raise ValueError("password_hash is not pbkdf2_sha256$ITERATIONS$SALT$HASH")
+        if self.password_hash is not None:
+            parse_password_hash(self.password_hash)
         if self.enabled and not secret and not is_loopback_host(self.host):
             raise ValueError(
                 f"host {self.host!r} is not loopback: set username and password"
