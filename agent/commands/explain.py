@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from agent.commands import args as args_
 from agent.errors import AgentError
 
 
@@ -24,9 +25,11 @@ def register(sub: Any) -> None:
         help="show the completeness, eligibility and selection decision with every reason",
     )
     what = p.add_mutually_exclusive_group(required=True)
-    what.add_argument("uid", nargs="?", help="a stored Series or Study Instance UID")
-    what.add_argument("--dir", type=Path, help="a folder of DICOM files (no agent needed)")
-    p.add_argument("--config", type=Path, help="agent.toml (default: the embedded defaults)")
+    what.add_argument(
+        "uid", nargs="?", type=args_.uid, help="a stored Series or Study Instance UID"
+    )
+    what.add_argument("--dir", type=args_.path, help="a folder of DICOM files (no agent needed)")
+    p.add_argument("--config", type=args_.path, help="agent.toml (default: the embedded defaults)")
     p.set_defaults(func=run)
 
 
