@@ -49,7 +49,7 @@ def _from_folder(folder: Path, config: Path | None) -> list[Any]:
     from agent.series.explain import decide_folder
     from agent.series.facts import read_folder
 
-    settings = load_settings(config)
+    settings = load_settings(config, check_files=False)
     if not folder.is_dir():
         raise AgentError(f"{folder}: not a folder")
     found = read_folder(folder, settings.node.accepted_sop_classes)
@@ -85,7 +85,7 @@ def _from_database(uid: str, config: Path | None) -> tuple[list[Any], str | None
     from agent.series.facts import study_facts_from_db
     from storage.models import Job, Series, Study
 
-    runtime = open_runtime(config, migrate=False)
+    runtime = open_runtime(config, migrate=False, check_files=False)
     try:
         with runtime.sessions() as session:
             study_uid = session.scalar(

@@ -51,7 +51,7 @@ def run_list(args: argparse.Namespace) -> int:
     from storage.models import Job, Series
 
     states = list(args.state or [])
-    runtime = open_runtime(args.config, migrate=False)
+    runtime = open_runtime(args.config, migrate=False, check_files=False)
     try:
         with runtime.sessions() as session:
             stmt = select(Job, Series).join(Series, Job.series_id == Series.id)
@@ -119,7 +119,7 @@ def run_retry(args: argparse.Namespace) -> int:
     from storage.models import Job, JobState
     from storage.queue import requeue_job
 
-    runtime = open_runtime(args.config, migrate=False)
+    runtime = open_runtime(args.config, migrate=False, check_files=False)
     try:
         with runtime.sessions.begin() as session:
             if args.jobs:
@@ -148,7 +148,7 @@ def run_requeue(args: argparse.Namespace) -> int:
     from storage.models import JobState
     from storage.queue import requeue_job
 
-    runtime = open_runtime(args.config, migrate=False)
+    runtime = open_runtime(args.config, migrate=False, check_files=False)
     try:
         with runtime.sessions.begin() as session:
             jobs = [_find(session, ref) for ref in args.jobs]

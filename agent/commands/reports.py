@@ -29,7 +29,7 @@ def run_resend(args: argparse.Namespace) -> int:
     from storage.audit import audit
     from storage.models import Job, Report, ReportState, Series
 
-    runtime = open_runtime(args.config, migrate=False)
+    runtime = open_runtime(args.config, migrate=False, check_files=False)
     try:
         with runtime.sessions.begin() as session:
             source_jobs = (

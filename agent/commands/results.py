@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         states=tuple(args.state or ()),
         limit=args.limit,
     )
-    runtime = open_runtime(args.config, migrate=False)
+    runtime = open_runtime(args.config, migrate=False, check_files=False)
     try:
         with make_session_factory(runtime.engine, read_only=True)() as session:
             rows = list_results(session, flt)

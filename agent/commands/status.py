@@ -20,7 +20,7 @@ def run(args: argparse.Namespace) -> int:
     from agent.runtime import open_runtime
     from storage.queries import status_counts
 
-    runtime = open_runtime(args.config, migrate=False)
+    runtime = open_runtime(args.config, migrate=False, check_files=False)
     try:
         with runtime.sessions() as session:
             counts = status_counts(session)

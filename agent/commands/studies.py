@@ -42,7 +42,7 @@ def run_show(args: argparse.Namespace) -> int:
     from storage.db import make_session_factory
     from storage.results import study_trail
 
-    runtime = open_runtime(args.config, migrate=False)
+    runtime = open_runtime(args.config, migrate=False, check_files=False)
     patient = None
     try:
         with make_session_factory(runtime.engine, read_only=True)() as session:

@@ -50,7 +50,7 @@ def test_packaged_default_matches_embedded_defaults() -> None:
         ("[reports]\nsummary_format = 'png'\n", "[reports].summary_format"),
         (
             "[reports]\nsummary_series_number = 9901\n",
-            "[reports]: Value error, summary_series_number must differ",
+            "[reports].summary_series_number: 9901 is also series_number",
         ),
         ("[surprise]\nx = 1\n", "[surprise]: unknown key"),
         ("[model]\ncheckpoint = 'no/such/file'\n", "[model].checkpoint"),
