@@ -45,7 +45,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse, with a bad argument reported in one line (exit 2) instead of usage + error."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        self.exit(2, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -151,8 +151,15 @@ def _drop_stdout(stream: TextIO) -> None:
 
 
 def _fail(message: str, code: int) -> int:
-    print(f"hyperct-agent: error: {message}", file=sys.stderr)
+    print(f"hyperct-agent: error: {one_line(message)}", file=sys.stderr)
     return code
+
+
+def one_line(text: str) -> str:
+    """``text`` with line breaks and other control characters escaped (a path may hold them)."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _is_database_error(exc: BaseException) -> bool:
