@@ -75,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     stdout = sys.stdout
-    sys.stdout = _Stdout(stdout)  # type: ignore[assignment]
+    sys.stdout = _Stdout(stdout)
     try:
         code = int(args.func(args) or 0)
         sys.stdout.flush()  # a full disk behind stdout is reported here, not at exit

@@ -274,7 +274,7 @@ def _readme_keys() -> set[str]:
     """``[section] key`` for every key README's configuration table lists."""
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
     table = readme.split("## Configuration reference", 1)[1].split("\n## ", 1)[0]
-    keys = set()
+    keys: set[str] = set()
     for cell in re.findall(r"^\| `([^`]+)` \|", table, flags=re.MULTILINE):
         section, _, names = cell.partition("] ")
         section = section.strip("[]")
