@@ -604,7 +604,6 @@ def _check_database_url(url: str, where: str) -> None:
     match = re.match(r"([A-Za-z][A-Za-z0-9.+-]*)://", url)
     scheme = match.group(1).lower() if match else ""
     backend, _, driver = scheme.partition("+")
-    backend = "postgresql" if backend == "postgres" else backend
     supported = "sqlite:///PATH or postgresql://USER@HOST:PORT/DBNAME"
     if not match:
         raise ConfigError(f"{where}: not a database URL: use {supported}")

@@ -84,14 +84,15 @@ def write_output(path: Path, write: Callable[[TextIO], None]) -> None:
     """
     try:
         regular = not path.exists() or path.is_file()
-    except OSError as exc:
-        raise AgentError(f"cannot write {path}: {exc.strerror or exc}") from None
-    target = path.with_name(f".{path.name}.{os.getpid()}.tmp") if regular else path
+        final = path.resolve() if regular else path  # through a symbolic link, not over it
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symbolic link loop
+        raise AgentError(f"cannot write {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    target = final.with_name(f".{final.name}.{os.getpid()}.tmp") if regular else path
     try:
         with target.open("w", encoding="utf-8", newline="") as out:
             write(out)
         if regular:
-            os.replace(target, path)
+            os.replace(target, final)
     except OSError as exc:
         if regular:
             target.unlink(missing_ok=True)

@@ -197,6 +197,12 @@ def test_an_unwritable_output_is_one_line(agent_db: AgentDb, tmp_path: Path) -> 
     assert code == 0, err
     assert len(json.loads(target.read_text())) == 3
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out.json")] == []
+    # Through a symbolic link the file it points at is replaced, not the link.
+    link = tmp_path / "latest.json"
+    link.symlink_to(target)
+    code, _, err = run("results", "--format", "csv", "--output", str(link), *cfg)
+    assert code == 0, err
+    assert link.is_symlink() and target.read_text().startswith("job_id,")
 
 
 def _small_files() -> None:

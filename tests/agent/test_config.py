@@ -145,6 +145,7 @@ def _serve(path: Path, env: dict[str, str] | None = None) -> subprocess.Complete
         ("mysql+pymysql://u:secret@h/db", "unsupported database 'mysql+pymysql'"),
         ("postgresql+psycopg2://u@h/db", "unsupported driver 'postgresql+psycopg2'"),
         ("x", "not a database URL"),
+        ("postgres://u@h/db", "unsupported database 'postgres'"),
     ],
 )
 def test_unsupported_database_url_is_exit_2_naming_file_and_key(
