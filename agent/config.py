@@ -52,6 +52,14 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
+class Contradiction(ValueError):
+    """Two keys of one section that cannot both hold; ``key`` is the one reported."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
 class Timeouts(_Section):
     acse: PositiveSeconds = 30.0
     dimse: PositiveSeconds = 60.0
@@ -114,6 +122,18 @@ class NodeSettings(_Section):
     on_conflict: Literal["keep_first", "replace"] = "keep_first"
     tls: NodeTLSSettings = NodeTLSSettings()
 
+    @model_validator(mode="after")
+    def _consistent(self) -> NodeSettings:
+        per_ae = self.max_associations_per_ae
+        if per_ae is not None and per_ae > self.max_associations:
+            raise Contradiction(
+                "max_associations_per_ae",
+                f"{per_ae} is above max_associations ({self.max_associations})",
+            )
+        if self.tls.enabled and self.port != 0 and self.tls.port == self.port:
+            raise Contradiction("tls.port", f"{self.port} is also the plain DICOM port")
+        return self
+
     @property
     def accepted_sop_classes(self) -> tuple[str, ...]:
         return (*CT_SOP_CLASSES, *self.extra_sop_classes)
@@ -140,6 +160,15 @@ class DestinationTLS(_Section):
     private_key: PathValue | None = None
     # Check that the destination's certificate names ``host``.
     verify_hostname: bool = True
+
+    @model_validator(mode="after")
+    def _pair(self) -> DestinationTLS:
+        if (self.certificate is None) != (self.private_key is None):
+            raise Contradiction(
+                "certificate" if self.certificate is None else "private_key",
+                "certificate and private_key go together",
+            )
+        return self
 
 
 class Destination(_Section):
@@ -199,6 +228,16 @@ class CompletenessSettings(_Section):
     min_coverage_mm: Millimetres = 150.0
     # An instance arriving after its series was screened: record it only, or screen again.
     late_instances: Literal["record", "rescreen"] = "record"
+
+    @model_validator(mode="after")
+    def _ordered(self) -> CompletenessSettings:
+        # Waiting for missing slices starts once the series is idle: it cannot end sooner.
+        if self.force_seconds < self.idle_seconds:
+            raise Contradiction(
+                "force_seconds",
+                f"{self.force_seconds:g} is below idle_seconds ({self.idle_seconds:g})",
+            )
+        return self
 
 
 # Word edges for the contrast vocabulary: not a letter or digit on either side, so
@@ -338,6 +377,16 @@ class EligibilitySettings(_Section):
     max_slice_thickness: Millimetres = 3.0
     min_slices: Annotated[int, Field(ge=2)] = 64
 
+    @model_validator(mode="after")
+    def _ordered(self) -> EligibilitySettings:
+        if self.max_slice_thickness < self.min_slice_thickness:
+            raise Contradiction(
+                "max_slice_thickness",
+                f"{self.max_slice_thickness:g} is below min_slice_thickness"
+                f" ({self.min_slice_thickness:g}): no series could be screened",
+            )
+        return self
+
     @field_validator(
         "chest_patterns",
         "mixed_patterns",
@@ -407,7 +456,9 @@ class ReportSettings(_Section):
     def _own_series_number(self) -> ReportSettings:
         # The summary is in a series of its own; a shared number would confuse a viewer's list.
         if self.summary_image and self.summary_series_number == self.series_number:
-            raise ValueError("summary_series_number must differ from series_number")
+            raise Contradiction(
+                "summary_series_number", f"{self.series_number} is also series_number"
+            )
         return self
 
     delivery_attempts: Annotated[int, Field(ge=1, le=1000)] = 20
@@ -526,6 +577,18 @@ class Settings(_Section):
             raise ValueError(f"duplicate destination name {dupes[0]!r}")
         return value
 
+    @model_validator(mode="after")
+    def _distinct_ports(self) -> Settings:
+        # Two listeners on one port: the second cannot bind, or worse, binds another address.
+        if self.web.enabled and self.web.port != 0:
+            taken = {"port": self.node.port}
+            if self.node.tls.enabled:
+                taken["tls.port"] = self.node.tls.port
+            for key, port in taken.items():
+                if port == self.web.port:
+                    raise Contradiction("web.port", f"{port} is also [node].{key}")
+        return self
+
     def destination(self, name: str) -> Destination:
         for dest in self.destinations:
             if dest.name == name:
@@ -546,8 +609,15 @@ def _where(loc: tuple[int | str, ...]) -> str:
     return text
 
 
-def load_settings(path: Path | str | None = None) -> Settings:
-    """Read, validate and resolve a configuration file (the packaged default if None)."""
+def load_settings(path: Path | str | None = None, *, check_files: bool = True) -> Settings:
+    """Read, validate and resolve a configuration file (the packaged default if None).
+
+    Everything is checked before the caller does anything else: types and
+    ranges, keys that contradict each other, the database URL's kind and, with
+    ``check_files``, that the TLS certificates and keys named can be loaded
+    (commands that only read the database skip those: an operator may not be
+    allowed to read the node's private key, and need not).
+    """
     cfg_path = Path(path) if path is not None else default_config_path()
     try:
         raw = tomllib.loads(cfg_path.read_text(encoding="utf-8"))
@@ -561,11 +631,54 @@ def load_settings(path: Path | str | None = None) -> Settings:
         settings = Settings.model_validate(raw)
     except ValidationError as exc:
         err = exc.errors()[0]
-        msg = err["msg"]
+        msg, loc = err["msg"], tuple(err["loc"])
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
-        raise ConfigError(f"{cfg_path}: {_where(err['loc'])}: {msg}") from None
-    return _resolve(settings, cfg_path)
+        cause = err.get("ctx", {}).get("error")
+        if isinstance(cause, ValueError):
+            msg = str(cause)  # without pydantic's "Value error, " prefix
+        if isinstance(cause, Contradiction):
+            loc += tuple(cause.key.split("."))
+        raise ConfigError(f"{cfg_path}: {_where(loc)}: {msg}") from None
+    settings = _resolve(settings, cfg_path)
+    if check_files:
+        _check_tls_files(settings, cfg_path)
+    return settings
+
+
+#: Database URL schemes the agent runs on (``storage.db``), and their drivers.
+SUPPORTED_DATABASES = {"sqlite": ("", "pysqlite"), "postgresql": ("", "psycopg")}
+
+
+def _check_database_url(url: str, where: str) -> None:
+    """SQLite or PostgreSQL (psycopg 3) only; the URL is not shown: it may hold a password."""
+    match = re.match(r"([A-Za-z][A-Za-z0-9.+-]*)://", url)
+    scheme = match.group(1).lower() if match else ""
+    backend, _, driver = scheme.partition("+")
+    supported = "sqlite:///PATH or postgresql://USER@HOST:PORT/DBNAME"
+    if not match:
+        raise ConfigError(f"{where}: not a database URL: use {supported}")
+    if backend not in SUPPORTED_DATABASES:
+        raise ConfigError(f"{where}: unsupported database {scheme!r}: use {supported}")
+    if driver not in SUPPORTED_DATABASES[backend]:
+        raise ConfigError(
+            f"{where}: unsupported driver {scheme!r}: use {backend}:// "
+            f"or {backend}+{SUPPORTED_DATABASES[backend][1]}://"
+        )
+
+
+def _check_tls_files(settings: Settings, cfg_path: Path) -> None:
+    """Load every TLS certificate, key and CA file named, as the node and senders will."""
+    from agent.node.tls import client_context, server_context
+
+    try:
+        if settings.node.tls.enabled:
+            server_context(settings.node.tls)
+        for dest in settings.destinations:
+            if dest.tls is not None:
+                client_context(dest.tls, f"[[destinations]] {dest.name!r}.tls")
+    except ConfigError as exc:
+        raise ConfigError(f"{cfg_path}: {exc}") from None
 
 
 def _resolve(settings: Settings, cfg_path: Path) -> Settings:
@@ -575,6 +688,8 @@ def _resolve(settings: Settings, cfg_path: Path) -> Settings:
     anchor = base if user_config else Path.cwd()
     storage = settings.storage.model_copy(update={"root": _abs(settings.storage.root, anchor)})
     url = os.environ.get(DATABASE_URL_ENV) or settings.database.url
+    from_env = bool(os.environ.get(DATABASE_URL_ENV))
+    _check_database_url(url, DATABASE_URL_ENV if from_env else f"{cfg_path}: [database].url")
     url = _resolve_sqlite(url, anchor)
     model = settings.model
     if model.checkpoint is not None:

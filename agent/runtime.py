@@ -43,8 +43,9 @@ def _uid_key(settings: Settings) -> bytes | None:
         return None  # a key for this process only: tokens still hide the UIDs
 
 
-def open_runtime(config: Path | None, *, migrate: bool) -> Runtime:
-    settings = load_settings(config)
+def open_runtime(config: Path | None, *, migrate: bool, check_files: bool = True) -> Runtime:
+    """Settings, logging and the database; ``check_files`` as in :func:`load_settings`."""
+    settings = load_settings(config, check_files=check_files)
     configure_logging(
         settings.logging.level,
         settings.logging.format,

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
+
+from agent.commands import args as args_
 
 
 def register(sub: Any) -> None:
@@ -12,7 +13,7 @@ def register(sub: Any) -> None:
     dsub = p.add_subparsers(dest="db_command", metavar="ACTION")
     dsub.required = True
     up = dsub.add_parser("upgrade", help="apply pending migrations (serve does this at start)")
-    up.add_argument("--config", type=Path, help="agent.toml (default: the embedded defaults)")
+    up.add_argument("--config", type=args_.path, help="agent.toml (default: the embedded defaults)")
     up.set_defaults(func=run_upgrade)
 
 

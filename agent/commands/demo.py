@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from agent.commands import args as args_
 from agent.errors import AgentError
 
 PACS_AET = "DEMOPACS"
@@ -59,8 +60,12 @@ def announced_findings() -> list[str]:
 
 def register(sub: Any) -> None:
     p = sub.add_parser("demo", help="screen a synthetic chest CT end to end on this machine")
-    p.add_argument("--workdir", type=Path, help="where to put everything (default: a new temp dir)")
-    p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the reports")
+    p.add_argument(
+        "--workdir", type=args_.path, help="where to put everything (default: a new temp dir)"
+    )
+    p.add_argument(
+        "--timeout", type=args_.seconds, default=600.0, help="seconds to wait for the reports"
+    )
     p.set_defaults(func=run)
 
 

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import argparse
 import logging
-from pathlib import Path
 from typing import Any
 
+from agent.commands import args as args_
 from agent.errors import AgentError
 
 
 def register(sub: Any) -> None:
     p = sub.add_parser("echo", help="verify a destination with C-ECHO")
-    p.add_argument("destination", help="name of a [[destinations]] entry")
-    p.add_argument("--config", type=Path, help="agent.toml (default: the embedded defaults)")
+    p.add_argument("destination", type=args_.name, help="name of a [[destinations]] entry")
+    p.add_argument("--config", type=args_.path, help="agent.toml (default: the embedded defaults)")
     p.set_defaults(func=run)
 
 

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from agent.commands import args as args_
 from agent.errors import AgentError
 
 
@@ -24,9 +25,11 @@ def register(sub: Any) -> None:
         help="show the completeness, eligibility and selection decision with every reason",
     )
     what = p.add_mutually_exclusive_group(required=True)
-    what.add_argument("uid", nargs="?", help="a stored Series or Study Instance UID")
-    what.add_argument("--dir", type=Path, help="a folder of DICOM files (no agent needed)")
-    p.add_argument("--config", type=Path, help="agent.toml (default: the embedded defaults)")
+    what.add_argument(
+        "uid", nargs="?", type=args_.uid, help="a stored Series or Study Instance UID"
+    )
+    what.add_argument("--dir", type=args_.path, help="a folder of DICOM files (no agent needed)")
+    p.add_argument("--config", type=args_.path, help="agent.toml (default: the embedded defaults)")
     p.set_defaults(func=run)
 
 
@@ -46,7 +49,7 @@ def _from_folder(folder: Path, config: Path | None) -> list[Any]:
     from agent.series.explain import decide_folder
     from agent.series.facts import read_folder
 
-    settings = load_settings(config)
+    settings = load_settings(config, check_files=False)
     if not folder.is_dir():
         raise AgentError(f"{folder}: not a folder")
     found = read_folder(folder, settings.node.accepted_sop_classes)
@@ -82,7 +85,7 @@ def _from_database(uid: str, config: Path | None) -> tuple[list[Any], str | None
     from agent.series.facts import study_facts_from_db
     from storage.models import Job, Series, Study
 
-    runtime = open_runtime(config, migrate=False)
+    runtime = open_runtime(config, migrate=False, check_files=False)
     try:
         with runtime.sessions() as session:
             study_uid = session.scalar(

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 from typing import Any
 
+from agent.commands import args as args_
 from agent.errors import AgentError
 
 
@@ -16,23 +16,32 @@ def register(sub: Any) -> None:
     jsub.required = True
 
     ls = jsub.add_parser("list", help="jobs with their state and reason")
-    ls.add_argument("--state", action="append", help="only this state (repeatable)")
-    ls.add_argument("--limit", type=int, default=50)
+    ls.add_argument(
+        "--state", type=args_.job_state, action="append", help="only this state (repeatable)"
+    )
+    ls.add_argument("--limit", type=args_.limit, default=50)
     ls.add_argument("--json", action="store_true", help="machine-readable output")
     ls.set_defaults(func=run_list)
 
     retry = jsub.add_parser("retry", help="queue failed or dead jobs again (attempts reset)")
-    retry.add_argument("jobs", nargs="*", help="job ids or series UIDs (default: every dead job)")
+    retry.add_argument(
+        "jobs",
+        nargs="*",
+        type=args_.job_ref,
+        help="job ids or series UIDs (default: every dead job)",
+    )
     retry.set_defaults(func=run_retry)
 
     requeue = jsub.add_parser(
         "requeue", help="screen a series again whatever its state (skipped, done, ...)"
     )
-    requeue.add_argument("jobs", nargs="+", help="job ids or series UIDs")
+    requeue.add_argument("jobs", nargs="+", type=args_.job_ref, help="job ids or series UIDs")
     requeue.set_defaults(func=run_requeue)
 
     for parser in (ls, retry, requeue):
-        parser.add_argument("--config", type=Path, help="agent.toml (default: embedded defaults)")
+        parser.add_argument(
+            "--config", type=args_.path, help="agent.toml (default: embedded defaults)"
+        )
 
 
 def run_list(args: argparse.Namespace) -> int:
@@ -41,8 +50,8 @@ def run_list(args: argparse.Namespace) -> int:
     from agent.runtime import open_runtime
     from storage.models import Job, Series
 
-    states = [_state(s) for s in args.state or []]
-    runtime = open_runtime(args.config, migrate=False)
+    states = list(args.state or [])
+    runtime = open_runtime(args.config, migrate=False, check_files=False)
     try:
         with runtime.sessions() as session:
             stmt = select(Job, Series).join(Series, Job.series_id == Series.id)
@@ -83,23 +92,14 @@ def _row(job: Any, series: Any) -> dict[str, Any]:
     }
 
 
-def _state(name: str) -> Any:
-    from storage.models import JobState
-
-    try:
-        return JobState(name)
-    except ValueError:
-        known = ", ".join(s.value for s in JobState)
-        raise AgentError(f"unknown job state {name!r} (one of: {known})") from None
-
-
-def _find(session: Any, ref: str) -> Any:
+def _find(session: Any, ref: int | str) -> Any:
+    """The job ``ref`` names: an id (checked by :func:`args_.job_ref`) or a series UID."""
     from sqlalchemy import select
 
     from storage.models import Job, Series
 
-    if ref.isdigit():
-        job = session.get(Job, int(ref))
+    if isinstance(ref, int):
+        job = session.get(Job, ref)
     else:
         job = session.scalars(
             select(Job)
@@ -119,7 +119,7 @@ def run_retry(args: argparse.Namespace) -> int:
     from storage.models import Job, JobState
     from storage.queue import requeue_job
 
-    runtime = open_runtime(args.config, migrate=False)
+    runtime = open_runtime(args.config, migrate=False, check_files=False)
     try:
         with runtime.sessions.begin() as session:
             if args.jobs:
@@ -148,7 +148,7 @@ def run_requeue(args: argparse.Namespace) -> int:
     from storage.models import JobState
     from storage.queue import requeue_job
 
-    runtime = open_runtime(args.config, migrate=False)
+    runtime = open_runtime(args.config, migrate=False, check_files=False)
     try:
         with runtime.sessions.begin() as session:
             jobs = [_find(session, ref) for ref in args.jobs]

@@ -15,15 +15,19 @@ import json
 from pathlib import Path
 from typing import Any
 
+from agent.commands import args as args_
+
 
 def register(sub: Any) -> None:
     p = sub.add_parser("model", help="inspect HyperCT checkpoints")
     msub = p.add_subparsers(dest="model_command", metavar="ACTION")
     msub.required = True
     info = msub.add_parser("info", help="print a checkpoint's model card and parameter counts")
-    info.add_argument("path", type=Path, help="checkpoint directory (or its model.safetensors)")
     info.add_argument(
-        "--backbone", type=Path, help="backbone weight file, if not where the card says"
+        "path", type=args_.path, help="checkpoint directory (or its model.safetensors)"
+    )
+    info.add_argument(
+        "--backbone", type=args_.path, help="backbone weight file, if not where the card says"
     )
     info.add_argument("--json", action="store_true", help="print one JSON object")
     info.set_defaults(func=run_info)
@@ -34,17 +38,17 @@ def register(sub: Any) -> None:
         "make-demo",
         help="rebuild the demo checkpoint (hyperct_core/demo_model) from synthetic phantoms",
     )
-    demo.add_argument("--out", type=Path, help="where to write it (default: the package's)")
-    demo.add_argument("--work", type=Path, help="keep phantoms and the run here (resumable)")
-    demo.add_argument("--threads", type=int, help="torch CPU threads")
+    demo.add_argument("--out", type=args_.path, help="where to write it (default: the package's)")
+    demo.add_argument("--work", type=args_.path, help="keep phantoms and the run here (resumable)")
+    demo.add_argument("--threads", type=args_.threads, help="torch CPU threads")
     demo.add_argument("--no-progress", action="store_true")
     demo.set_defaults(func=run_make_demo)
 
 
 def _register_train(msub: Any) -> None:
     p = msub.add_parser("train", help="train HyperCT on a labelled manifest (CSV)")
-    p.add_argument("manifest", type=Path, help="manifest CSV (see hyperct_core.dataset)")
-    p.add_argument("--out", type=Path, required=True, help="run folder (best/, last/)")
+    p.add_argument("manifest", type=args_.path, help="manifest CSV (see hyperct_core.dataset)")
+    p.add_argument("--out", type=args_.path, required=True, help="run folder (best/, last/)")
     p.add_argument(
         "--preset",
         choices=("paper", "demo"),
@@ -53,43 +57,49 @@ def _register_train(msub: Any) -> None:
     )
     src = p.add_mutually_exclusive_group()
     src.add_argument(
-        "--backbone", type=Path, help="DINOv3 ViT-B/16 weight file (operator-supplied)"
+        "--backbone", type=args_.path, help="DINOv3 ViT-B/16 weight file (operator-supplied)"
     )
     src.add_argument(
         "--random-backbone",
         action="store_true",
         help="random backbone weights (tests and demo models only)",
     )
-    src.add_argument("--init", type=Path, help="start from this checkpoint (fine-tuning)")
+    src.add_argument("--init", type=args_.path, help="start from this checkpoint (fine-tuning)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--weight-decay", type=float)
-    p.add_argument("--betas", type=float, nargs=2)
-    p.add_argument("--eps", type=float)
+    p.add_argument("--epochs", type=args_.integer(1, 100_000))
+    p.add_argument("--batch-size", type=args_.integer(1, 4096))
+    p.add_argument("--lr", type=args_.number(0.0, 10.0))
+    p.add_argument("--weight-decay", type=args_.number(0.0, 10.0))
+    p.add_argument("--betas", type=args_.number(0.0, 0.999999), nargs=2)
+    p.add_argument("--eps", type=args_.number(1e-30, 1.0))
     p.add_argument("--schedule", choices=("cosine", "step", "constant"))
-    p.add_argument("--step-size", type=int, help="epochs between x gamma decays (step schedule)")
+    p.add_argument(
+        "--step-size",
+        type=args_.integer(1, 100_000),
+        help="epochs between x gamma decays (step schedule)",
+    )
     p.add_argument(
         "--backbone-epochs",
-        type=int,
+        type=args_.integer(0, 100_000),
         help="demo deviation: pre-train a small backbone for this many epochs",
     )
     p.add_argument("--no-augment", action="store_true")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--cache", type=Path, help="preprocessing cache folder")
+    p.add_argument("--seed", type=args_.seed)
+    p.add_argument("--cache", type=args_.path, help="preprocessing cache folder")
     p.add_argument("--name", default=None, help="model name in the card")
     p.add_argument("--model-version", default="0.1.0", help="model version in the card")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--threads", type=args_.threads, help="torch CPU threads")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run_train)
 
 
 def _register_evaluate(msub: Any) -> None:
     p = msub.add_parser("evaluate", help="AUC with CIs, decision curves, calibration, thresholds")
-    p.add_argument("checkpoint", type=Path)
-    p.add_argument("manifest", type=Path)
-    p.add_argument("--out", type=Path, required=True, help="folder for metrics.csv, report.html")
+    p.add_argument("checkpoint", type=args_.path)
+    p.add_argument("manifest", type=args_.path)
+    p.add_argument(
+        "--out", type=args_.path, required=True, help="folder for metrics.csv, report.html"
+    )
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
     p.add_argument(
         "--rule",
@@ -97,11 +107,15 @@ def _register_evaluate(msub: Any) -> None:
         default="sensitivity",
         help="how operating thresholds are chosen",
     )
-    p.add_argument("--target-sensitivity", type=float, default=0.9)
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cache", type=Path)
-    p.add_argument("--backbone", type=Path, help="backbone weight file, if not where the card says")
+    p.add_argument("--target-sensitivity", type=args_.number(0.01, 1.0), default=0.9)
+    p.add_argument(
+        "--bootstrap", type=args_.integer(0, 1_000_000), default=1000, help="bootstrap resamples"
+    )
+    p.add_argument("--seed", type=args_.seed, default=0)
+    p.add_argument("--cache", type=args_.path)
+    p.add_argument(
+        "--backbone", type=args_.path, help="backbone weight file, if not where the card says"
+    )
     p.add_argument("--device", default="auto")
     p.add_argument(
         "--write-thresholds",
@@ -121,9 +135,9 @@ def _register_phantoms(msub: Any) -> None:
         help="write labelled synthetic chest CT phantoms + manifest "
         "(128 slices of 2.5 mm: a default serve screens them)",
     )
-    p.add_argument("out", type=Path)
-    p.add_argument("--count", type=int, default=100)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("out", type=args_.path)
+    p.add_argument("--count", type=args_.integer(1, 1_000_000), default=100)
+    p.add_argument("--seed", type=args_.seed, default=0)
     p.add_argument("--format", choices=("dicom", "npz"), default="dicom")
     p.set_defaults(func=run_phantoms)
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
+from agent.commands import args as args_
 from agent.errors import AgentError
 
 
@@ -16,9 +16,9 @@ def register(sub: Any) -> None:
     resend = rsub.add_parser(
         "resend", help="send a report again (by report SOP/series UID or source series UID)"
     )
-    resend.add_argument("uid")
-    resend.add_argument("--destination", help="only to this destination")
-    resend.add_argument("--config", type=Path, help="agent.toml (default: embedded defaults)")
+    resend.add_argument("uid", type=args_.uid)
+    resend.add_argument("--destination", type=args_.name, help="only to this destination")
+    resend.add_argument("--config", type=args_.path, help="agent.toml (default: embedded defaults)")
     resend.set_defaults(func=run_resend)
 
 
@@ -29,7 +29,7 @@ def run_resend(args: argparse.Namespace) -> int:
     from storage.audit import audit
     from storage.models import Job, Report, ReportState, Series
 
-    runtime = open_runtime(args.config, migrate=False)
+    runtime = open_runtime(args.config, migrate=False, check_files=False)
     try:
         with runtime.sessions.begin() as session:
             source_jobs = (

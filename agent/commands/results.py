@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
-from datetime import UTC, date, datetime, timedelta
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
+from agent.commands import args as args_
 from agent.errors import AgentError
 
 
@@ -19,58 +21,82 @@ def register(sub: Any) -> None:
         description="One row per series: its state, echo referral and, once screened, "
         "the probability of every task. No patient data.",
     )
-    p.add_argument("--since", type=_when, help="received on/after DATE or ISO time (UTC)")
-    p.add_argument("--until", type=_until, help="received before ISO time, or on/before DATE")
+    p.add_argument(
+        "--since",
+        type=args_.since,
+        help=f"received on/after DATE or ISO time (UTC; {args_.DATE_RANGE})",
+    )
+    p.add_argument("--until", type=args_.until, help="received before ISO time, or on/before DATE")
     echo = p.add_mutually_exclusive_group()
     echo.add_argument("--echo", dest="echo", action="store_const", const=True,
                       help="only series flagged for echocardiography")  # fmt: skip
     echo.add_argument("--no-echo", dest="echo", action="store_const", const=False,
                       help="only screened series not flagged for echocardiography")  # fmt: skip
-    p.add_argument("--task", help="only series where this task is flagged (or above --above)")
-    p.add_argument("--above", type=_probability, help="probability greater than this (0-1)")
-    p.add_argument("--state", action="append", help="only this job state (repeatable)")
-    p.add_argument("--limit", type=int, help="at most this many rows (newest first)")
+    p.add_argument("--task", type=args_.task,
+                   help="only series where this task is flagged (or above --above)")  # fmt: skip
+    p.add_argument("--above", type=args_.probability, help="probability greater than this (0-1)")
+    p.add_argument("--state", type=args_.job_state, action="append",
+                   help="only this job state (repeatable)")  # fmt: skip
+    p.add_argument("--limit", type=args_.limit, help="at most this many rows (newest first)")
     p.add_argument("--format", choices=("table", "csv", "json"), default="table")
-    p.add_argument("--output", type=Path, help="write to this file instead of standard output")
-    p.add_argument("--config", type=Path, help="agent.toml (default: the embedded defaults)")
+    p.add_argument("--output", type=args_.path,
+                   help="write to this file instead of standard output")  # fmt: skip
+    p.add_argument("--config", type=args_.path,
+                   help="agent.toml (default: the embedded defaults)")  # fmt: skip
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from agent.commands.jobs import _state
     from agent.runtime import open_runtime
     from storage.db import make_session_factory
     from storage.results import ResultFilter, list_results
 
-    if args.task is not None:
-        _check_task(args.task)
+    if args.since is not None and args.until is not None and args.since >= args.until:
+        raise AgentError(f"--since {args.since:%Y-%m-%d %H:%M} is not before --until")
     flt = ResultFilter(
         since=args.since,
         until=args.until,
         echo=args.echo,
         task=args.task,
         above=args.above,
-        states=tuple(_state(s) for s in args.state or []),
+        states=tuple(args.state or ()),
         limit=args.limit,
     )
-    runtime = open_runtime(args.config, migrate=False)
+    runtime = open_runtime(args.config, migrate=False, check_files=False)
     try:
         with make_session_factory(runtime.engine, read_only=True)() as session:
             rows = list_results(session, flt)
     finally:
         runtime.close()
-    out: Any = sys.stdout
-    if args.output is not None:
-        try:
-            out = args.output.open("w", encoding="utf-8", newline="")
-        except OSError as exc:
-            raise AgentError(f"cannot write {args.output}: {exc.strerror or exc}") from None
-    try:
-        _emit(rows, args.format, args.task, out)
-    finally:
-        if out is not sys.stdout:
-            out.close()
+    if args.output is None:
+        _emit(rows, args.format, args.task, sys.stdout)
+    else:
+        write_output(args.output, lambda out: _emit(rows, args.format, args.task, out))
     return 0
+
+
+def write_output(path: Path, write: Callable[[TextIO], None]) -> None:
+    """Write a whole export to ``path``, or fail in one line leaving no partial file.
+
+    A regular file (or a new one) is written beside itself under a temporary
+    name and renamed into place once complete, so a full disk leaves the old
+    file, or none. A device or pipe (``/dev/stdout``, a FIFO) is written directly.
+    """
+    try:
+        regular = not path.exists() or path.is_file()
+        final = path.resolve() if regular else path  # through a symbolic link, not over it
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symbolic link loop
+        raise AgentError(f"cannot write {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    target = final.with_name(f".{final.name}.{os.getpid()}.tmp") if regular else path
+    try:
+        with target.open("w", encoding="utf-8", newline="") as out:
+            write(out)
+        if regular:
+            os.replace(target, final)
+    except OSError as exc:
+        if regular:
+            target.unlink(missing_ok=True)
+        raise AgentError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def _emit(rows: list[Any], fmt: str, task: str | None, out: Any) -> None:
@@ -112,44 +138,3 @@ def _few(names: list[str], shown: int = 4) -> str:
     # The table is for a glance; --format csv/json carries every task.
     more = f", +{len(names) - shown} more" if len(names) > shown else ""
     return ", ".join(names[:shown]) + more
-
-
-def _check_task(name: str) -> None:
-    from hyperct_core.tasks import TASK_NAMES
-
-    if name not in TASK_NAMES:
-        raise AgentError(f"unknown task {name!r} (known: {', '.join(TASK_NAMES)})")
-
-
-def _when(text: str) -> datetime:
-    try:
-        value = datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a date or ISO time: {text!r}") from None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
-def _until(text: str) -> datetime:
-    value = _when(text)
-    # A bare date means "through the end of that day".
-    if _is_date(text):
-        value += timedelta(days=1)
-    return value
-
-
-def _is_date(text: str) -> bool:
-    try:
-        date.fromisoformat(text)
-    except ValueError:
-        return False
-    return len(text) <= 10
-
-
-def _probability(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"probability {value} is outside 0-1")
-    return value

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 from typing import Any
+
+from agent.commands import args as args_
 
 
 def register(sub: Any) -> None:
     p = sub.add_parser("status", help="counts of studies, series, instances, jobs and reports")
-    p.add_argument("--config", type=Path, help="agent.toml (default: the embedded defaults)")
+    p.add_argument("--config", type=args_.path, help="agent.toml (default: the embedded defaults)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=run)
 
@@ -19,7 +20,7 @@ def run(args: argparse.Namespace) -> int:
     from agent.runtime import open_runtime
     from storage.queries import status_counts
 
-    runtime = open_runtime(args.config, migrate=False)
+    runtime = open_runtime(args.config, migrate=False, check_files=False)
     try:
         with runtime.sessions() as session:
             counts = status_counts(session)

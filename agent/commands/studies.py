@@ -9,6 +9,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from agent.commands import args as args_
 from agent.errors import AgentError
 
 
@@ -22,14 +23,16 @@ def register(sub: Any) -> None:
         description="Patient name, ID and birth date are not shown unless --show-patient is "
         "given; they are read from the stored DICOM file, never from the database.",
     )
-    show.add_argument("uid", help="Study Instance UID")
+    show.add_argument("uid", type=args_.uid, help="Study Instance UID")
     show.add_argument(
         "--show-patient",
         action="store_true",
         help="also show patient name, ID and birth date (read from the stored DICOM header)",
     )
     show.add_argument("--json", action="store_true", help="machine-readable output")
-    show.add_argument("--config", type=Path, help="agent.toml (default: the embedded defaults)")
+    show.add_argument(
+        "--config", type=args_.path, help="agent.toml (default: the embedded defaults)"
+    )
     show.set_defaults(func=run_show)
 
 
@@ -39,7 +42,7 @@ def run_show(args: argparse.Namespace) -> int:
     from storage.db import make_session_factory
     from storage.results import study_trail
 
-    runtime = open_runtime(args.config, migrate=False)
+    runtime = open_runtime(args.config, migrate=False, check_files=False)
     patient = None
     try:
         with make_session_factory(runtime.engine, read_only=True)() as session:
