@@ -9,7 +9,7 @@ from hyperct_core import phantoms
 from hyperct_core.bloodpool import measure_blood_pool
 from hyperct_core.volume import volume_from_array
 
-SPACING = (5.0, 2.8, 2.8)
+SPACING = phantoms.DEFAULT_SPACING  # with DEFAULT_SHAPE: the phantoms' own geometry
 
 
 def volume(spec: phantoms.PhantomSpec, noise: float = 20.0, seed: int = 0) -> np.ndarray:
