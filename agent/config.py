@@ -119,6 +119,9 @@ class StorageSettings(_Section):
 
 class DatabaseSettings(_Section):
     url: str = "sqlite:///var/hyperct.db"
+    # How long receiving one instance may wait for a database lock or statement;
+    # beyond it the C-STORE is refused (0xC211) and the sender resends later.
+    receive_timeout_seconds: PositiveSeconds = 10.0
 
 
 class DestinationTLS(_Section):

@@ -44,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
     from agent.runtime import open_runtime
     from agent.send import check_destinations
     from storage.audit import audit
+    from storage.db import make_session_factory
 
     runtime = open_runtime(args.config, migrate=True)
     log = get_logger("agent.serve")
@@ -66,8 +67,12 @@ def run(args: argparse.Namespace) -> int:
         log.warning("removed unfinished temporary files from a previous run", count=swept)
     log.info("storage ready", direct_io=store.direct_io)
 
+    # The receive path waits a bounded time for the database: a C-STORE is refused, not held.
+    receive_sessions = make_session_factory(
+        runtime.engine, timeout_seconds=settings.database.receive_timeout_seconds
+    )
     handlers = NodeHandlers(
-        store, runtime.sessions, settings.node.on_conflict, receive_limits(settings.node)
+        store, receive_sessions, settings.node.on_conflict, receive_limits(settings.node)
     )
     check_destinations(settings.destinations)
     try:
