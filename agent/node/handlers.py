@@ -10,6 +10,7 @@ path that refused it.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -291,10 +292,9 @@ class NodeHandlers:
                 committing = True
                 session.commit()
             except BaseException as exc:
-                try:
+                # A broken connection cannot roll back; the server does so on its own.
+                with contextlib.suppress(SQLAlchemyError):
                     session.rollback()
-                except SQLAlchemyError:
-                    pass  # the connection is gone; the server rolls back on its own
                 if committing and isinstance(exc, DBAPIError) and exc.connection_invalidated:
                     # The connection broke during COMMIT: the database may have
                     # committed before it did, and such a row names the published
