@@ -23,6 +23,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from apscheduler.schedulers.background import BackgroundScheduler
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from agent.config import Settings
@@ -65,6 +66,8 @@ class Pipeline:
             timezone=UTC,
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
         )
+        #: Set by :meth:`stop` when held work could not be given back (database gone).
+        self.release_error: str | None = None
         self._heartbeat = threading.Thread(target=self._beat, name="lease-heartbeat", daemon=True)
 
     def _beat(self) -> None:
@@ -154,9 +157,15 @@ class Pipeline:
         while self._busy and time.monotonic() < deadline:
             time.sleep(0.05)
         idle = self._busy == 0
-        with self.sessions.begin() as session:
-            jobs = release_jobs(session, self.worker)
-            reports = release_reports(session, self.worker)
+        try:
+            with self.sessions.begin() as session:
+                jobs = release_jobs(session, self.worker)
+                reports = release_reports(session, self.worker)
+        except SQLAlchemyError as exc:
+            # The database is gone: what this process holds is taken over once its
+            # leases lapse (deliveries once their claim is stale); the caller says so.
+            self.release_error = type(exc).__name__
+            return idle
         if jobs or reports:
             log.warning("work given back to the queue", jobs=jobs, reports=reports)
         return idle
