@@ -18,8 +18,10 @@ import pytest
 from sqlalchemy import select, text
 from sqlalchemy.engine import Engine
 
+from storage.db import make_engine
 from storage.models import AuditEvent
 from tests.agent.conftest import NodeUnderTest, start_test_node
+from tests.agent.pipeline_env import Serve, agent_config, tiny_checkpoint
 from tests.agent.test_node import scu_send
 from tests.support.ct_series import ct_series, write_series
 
@@ -108,3 +110,24 @@ def test_a_commit_cut_off_midway_is_audited_and_its_file_kept(
     finally:
         running.node.stop()
         running.store.close()
+
+
+@pytest.mark.slow
+def test_serve_applies_the_configured_receive_timeout(tmp_path: Path) -> None:
+    config = agent_config(tmp_path, tiny_checkpoint(tmp_path))
+    config.write_text(
+        config.read_text().replace(
+            'url = "sqlite:///agent.db"\n',
+            'url = "sqlite:///agent.db"\nreceive_timeout_seconds = 1.0\n',
+        )
+    )
+    serve = Serve(config)
+    engine = make_engine(f"sqlite:///{tmp_path / 'agent.db'}")
+    try:
+        with locked(engine):
+            assert scu_send(serve.port, ct_series(1)) == [0xC211]
+        assert scu_send(serve.port, ct_series(1)) == [0x0000]
+    finally:
+        assert serve.stop() == 0
+        engine.dispose()
+    assert serve.events("instance not recorded")
