@@ -15,7 +15,7 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -149,6 +149,9 @@ class StorageSettings(_Section):
 
 class DatabaseSettings(_Section):
     url: str = "sqlite:///var/hyperct.db"
+    # How long receiving one instance may wait for a database lock or statement;
+    # beyond it the C-STORE is refused (0xC211) and the sender resends later.
+    receive_timeout_seconds: PositiveSeconds = 10.0
 
 
 class DestinationTLS(_Section):
@@ -412,11 +415,35 @@ class PipelineSettings(_Section):
     max_attempts: Annotated[int, Field(ge=1, le=100)] = 3
     # Base of the exponential backoff between attempts (doubling each time).
     retry_seconds: PositiveSeconds = 60.0
-    # A job claimed for longer than this by a process that stopped is claimed again.
-    claim_timeout_seconds: PositiveSeconds = 3600.0
+    # A claimed job is a lease: the worker renews it every ``lease_renew_seconds``
+    # while it screens; a lease not renewed for ``lease_seconds`` (the worker died)
+    # is taken over by any agent sharing the database.
+    lease_seconds: PositiveSeconds = 120.0
+    lease_renew_seconds: PositiveSeconds = 30.0
     # Memory one series may need while it is read and preprocessed, estimated from its
     # headers before any pixel is decoded; a series over it fails without retry.
     max_series_bytes: Annotated[int, Field(ge=1 << 20)] = 4 << 30
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        # An agent.toml from before leases: say what replaces the key, not just "unknown".
+        if isinstance(data, dict) and "claim_timeout_seconds" in data:
+            raise ValueError(
+                "claim_timeout_seconds is replaced by lease_seconds (default 120): claims "
+                "are now renewed while a job runs; remove the key or rename it"
+            )
+        return data
+
+    @model_validator(mode="after")
+    def _renewed_within_lease(self) -> PipelineSettings:
+        # At least two renewals per lease, so one late renewal does not lose the job.
+        if self.lease_renew_seconds * 2 > self.lease_seconds:
+            raise ValueError(
+                f"lease_renew_seconds ({self.lease_renew_seconds:g}) must be at most half of "
+                f"lease_seconds ({self.lease_seconds:g})"
+            )
+        return self
 
 
 class ReferralSettings(_Section):

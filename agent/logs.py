@@ -10,6 +10,14 @@ they are replaced by a keyed hash (HMAC-SHA-256, 16 hex digits): the same UID
 gives the same token within an installation, so lines still correlate, but
 the UID cannot be read back or recomputed without the key. ``[logging]
 raw_uids = true`` turns this off for debugging.
+
+Libraries (pydicom, pynetdicom) log and raise Python warnings about the data
+they parse, quoting its values, invalid UIDs included. Their warnings are
+routed into this log as structured lines (never raw text on stderr, which
+would break the JSON lines), and their text is scrubbed harder than ours: a
+value quoted by "Invalid value for VR XX" is hashed (UI) or removed (any
+other VR: it may be a name or a date), and anything UID-shaped, valid or not,
+is hashed.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import os
 import re
 import secrets
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -46,11 +55,48 @@ _DICOM_ROOT = "1.2.840.10008."
 _NOT_HASHED = frozenset({"timestamp", "level", "logger", "version"})
 
 
+# Loggers of this project; text from any other logger is a library's and is scrubbed harder.
+_OWN_LOGGERS = ("agent", "storage", "hyperct_core")
+# pydicom's validation message (PS3.5 6.2), quoting the offending value.
+_INVALID_VALUE = re.compile(r"(Invalid value for VR ([A-Z]{2}): )'(.*?)'(?=\.(?:\s|$)|$)", re.S)
+# Anything UID-shaped in a library's text, invalid UIDs included: a token that starts
+# with a digit and has at least five dot-separated parts (IPv4 addresses have four).
+_UID_SHAPED = re.compile(r"(?<![\w.])\d[\w-]*(?:\.[\w-]*){4,}")
+
+
+def _is_library(event_dict: EventDict) -> bool:
+    name = str(event_dict.get("logger") or "")
+    return not (name in _OWN_LOGGERS or name.startswith(tuple(f"{o}." for o in _OWN_LOGGERS)))
+
+
+def _scrub_library_values(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    """Remove the values a library quotes in its messages unless they are UIDs (hashed later)."""
+    if not _is_library(event_dict):
+        return event_dict
+
+    def removed(match: re.Match[str]) -> str:
+        return match.group(0) if match.group(2) == "UI" else f"{match.group(1)}'[removed]'"
+
+    for key, value in event_dict.items():
+        if isinstance(value, str) and "Invalid value" in value:
+            event_dict[key] = _INVALID_VALUE.sub(removed, value)
+    return event_dict
+
+
 class UidHasher:
     """A structlog processor that replaces UIDs in every string value by a keyed hash."""
 
     def __init__(self, key: bytes) -> None:
         self._key = key
+
+    def _library_text(self, value: str) -> str:
+        def quoted_uid(match: re.Match[str]) -> str:
+            if match.group(2) != "UI":
+                return match.group(0)
+            return f"{match.group(1)}'{self.token(match.group(3))}'"
+
+        value = _INVALID_VALUE.sub(quoted_uid, value)
+        return _UID_SHAPED.sub(self._in_text, value)
 
     def token(self, uid: str) -> str:
         if uid.startswith(_DICOM_ROOT):
@@ -62,14 +108,33 @@ class UidHasher:
         return self.token(match.group(0))
 
     def __call__(self, _: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+        library = _is_library(event_dict)
         for key, value in event_dict.items():
             if not isinstance(value, str) or key in _NOT_HASHED:
                 continue
             if "uid" in key.lower() and value:
                 event_dict[key] = self.token(value)
+            elif library:
+                event_dict[key] = self._library_text(value)
             elif "." in value:
                 event_dict[key] = _UID_IN_TEXT.sub(self._in_text, value)
         return event_dict
+
+
+def _log_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: Any = None,
+    line: str | None = None,
+) -> None:
+    """``warnings.showwarning``: a warning becomes one structured line of the library's log."""
+    module = Path(filename).stem
+    library = "py.warnings" if module in ("", "__init__") else f"py.warnings.{module}"
+    structlog.stdlib.get_logger(library).warning(
+        str(message), category=category.__name__, source=f"{Path(filename).name}:{lineno}"
+    )
 
 
 def installation_uid_key(storage_root: Path) -> bytes:
@@ -123,6 +188,7 @@ def configure_logging(
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         _drop_patient_keys,
+        _scrub_library_values,
     ]
     if not raw_uids:
         shared.append(UidHasher(uid_key or secrets.token_bytes(32)))
@@ -161,6 +227,8 @@ def configure_logging(
     for chatty in ("apscheduler", "alembic", "highdicom"):
         logging.getLogger(chatty).setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
     quiet_pynetdicom()
+    # Python warnings (pydicom's about invalid values, among others) join the log.
+    warnings.showwarning = _log_warning
 
 
 def _identity(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:

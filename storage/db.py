@@ -13,6 +13,10 @@ caller gets the same guarantees:
 * PostgreSQL: ``postgresql://`` is taken to mean psycopg 3, with a short
   connect timeout and a pre-ping so a restarted server costs one retry, not an
   error.
+* Bounded waits: sessions made with ``timeout_seconds`` (the DICOM node's)
+  give up on a lock or a slow statement after that long: PostgreSQL's
+  ``lock_timeout`` and ``statement_timeout`` for the transaction, SQLite's busy
+  timeout. A C-STORE then fails fast instead of holding its sender.
 
 Failures to reach the database become :class:`~storage.errors.StorageError`
 with one line that names the database (password hidden) and the cause.
@@ -40,6 +44,8 @@ SQLITE_BUSY_TIMEOUT_S = 30.0
 PG_CONNECT_TIMEOUT_S = 5
 # Execution option naming how a SQLite transaction begins ("immediate" or "deferred").
 _BEGIN_OPTION = "hyperct_sqlite_begin"
+# Execution option: seconds a transaction may wait for a lock or one statement.
+_TIMEOUT_OPTION = "hyperct_timeout_seconds"
 # Serialises concurrent `upgrade` calls from several agents on one PostgreSQL database.
 _PG_MIGRATION_LOCK_KEY = 0x48435441  # "HCTA"
 
@@ -61,8 +67,14 @@ def make_engine(url: str | URL, **kwargs: Any) -> Engine:
     )
 
 
-def make_session_factory(engine: Engine, *, read_only: bool = False) -> sessionmaker[Session]:
+def make_session_factory(
+    engine: Engine, *, read_only: bool = False, timeout_seconds: float | None = None
+) -> sessionmaker[Session]:
     """Sessions for writers (the default) or for readers (status, dashboards).
+
+    With ``timeout_seconds``, a transaction that waits longer than that for a
+    lock (or, on PostgreSQL, for one statement) fails with an
+    :class:`~sqlalchemy.exc.OperationalError` instead of waiting on.
 
     On SQLite a writer's transaction starts with ``BEGIN IMMEDIATE``: it takes
     the write lock up front (waiting up to the busy timeout) so a transaction
@@ -71,7 +83,10 @@ def make_session_factory(engine: Engine, *, read_only: bool = False) -> sessionm
     them short (never across inference or network I/O). Readers start with a
     plain ``BEGIN`` and, under WAL, never block or wait for the writer.
     """
-    bind = engine.execution_options(**{_BEGIN_OPTION: "deferred" if read_only else "immediate"})
+    options: dict[str, Any] = {_BEGIN_OPTION: "deferred" if read_only else "immediate"}
+    if timeout_seconds is not None:
+        options[_TIMEOUT_OPTION] = float(timeout_seconds)
+    bind = engine.execution_options(**options)
     # expire_on_commit=False: the node reads back ids and outcomes after commit
     # without another round trip.
     return sessionmaker(bind, expire_on_commit=False)
@@ -191,7 +206,12 @@ def _sqlite_engine(url: URL, kwargs: dict[str, Any]) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        immediate = conn.get_execution_options().get(_BEGIN_OPTION) == "immediate"
+        options = conn.get_execution_options()
+        # Pooled connections serve every session: set the wait for this one each time.
+        timeout = options.get(_TIMEOUT_OPTION)
+        wait_ms = busy_ms if timeout is None else max(1, int(timeout * 1000))
+        conn.exec_driver_sql(f"PRAGMA busy_timeout={wait_ms}")
+        immediate = options.get(_BEGIN_OPTION) == "immediate"
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
     return engine
@@ -206,9 +226,20 @@ def _postgresql_engine(url: URL, kwargs: dict[str, Any]) -> Engine:
     connect_args.setdefault("application_name", "hyperct-agent")
     kwargs.setdefault("pool_pre_ping", True)
     try:
-        return create_engine(url, connect_args=connect_args, **kwargs)
+        engine = create_engine(url, connect_args=connect_args, **kwargs)
     except NoSuchModuleError as exc:
         raise StorageError(f"database {_show(url)}: driver not installed ({exc})") from exc
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        timeout = conn.get_execution_options().get(_TIMEOUT_OPTION)
+        if timeout is not None:
+            # LOCAL: for this transaction only; the pooled connection keeps its defaults.
+            wait_ms = max(1, int(timeout * 1000))
+            conn.exec_driver_sql(f"SET LOCAL lock_timeout = {wait_ms}")
+            conn.exec_driver_sql(f"SET LOCAL statement_timeout = {wait_ms}")
+
+    return engine
 
 
 def _parse_url(url: str | URL) -> URL:

@@ -7,6 +7,11 @@ stamps ``claimed_by``; completing or failing a claimed row checks that stamp,
 so a worker whose claim was taken back (stale, or requeued at shutdown)
 cannot overwrite the row afterwards.
 
+A job's claim is a lease: ``claimed_at`` is when it was claimed or last
+renewed. The worker renews it while it works (:func:`renew_jobs`); a lease
+left unrenewed past its length means the worker died, and
+:func:`requeue_stale_jobs` gives the job back to the queue.
+
 Every function takes an explicit session; callers commit.
 """
 
@@ -142,10 +147,25 @@ def release_jobs(session: Session, worker: str, job_ids: Sequence[int] | None = 
     return int(result.rowcount)  # type: ignore[attr-defined]
 
 
+def renew_jobs(
+    session: Session, worker: str, job_ids: Sequence[int], now: datetime | None = None
+) -> set[int]:
+    """Extend the lease on jobs ``worker`` still holds; returns the ids still held."""
+    if not job_ids:
+        return set()
+    held = session.scalars(
+        update(Job)
+        .where(Job.id.in_(job_ids), Job.state == JobState.RUNNING, Job.claimed_by == worker)
+        .values(claimed_at=now or utcnow())
+        .returning(Job.id)
+    )
+    return set(held)
+
+
 def requeue_stale_jobs(
     session: Session, timeout_seconds: float, now: datetime | None = None
 ) -> int:
-    """Requeue jobs whose worker has held them past the timeout (it died)."""
+    """Requeue jobs whose lease was not renewed for ``timeout_seconds`` (the worker died)."""
     cutoff = (now or utcnow()) - timedelta(seconds=timeout_seconds)
     result = session.execute(
         update(Job)

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
+import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from sqlalchemy.exc import SQLAlchemyError
 
 from agent import __version__
 from agent.errors import AgentError
@@ -44,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from agent.runtime import open_runtime
     from agent.send import check_destinations
     from storage.audit import audit
+    from storage.db import make_session_factory
 
     runtime = open_runtime(args.config, migrate=True)
     log = get_logger("agent.serve")
@@ -66,8 +73,12 @@ def run(args: argparse.Namespace) -> int:
         log.warning("removed unfinished temporary files from a previous run", count=swept)
     log.info("storage ready", direct_io=store.direct_io)
 
+    # The receive path waits a bounded time for the database: a C-STORE is refused, not held.
+    receive_sessions = make_session_factory(
+        runtime.engine, timeout_seconds=settings.database.receive_timeout_seconds
+    )
     handlers = NodeHandlers(
-        store, runtime.sessions, settings.node.on_conflict, receive_limits(settings.node)
+        store, receive_sessions, settings.node.on_conflict, receive_limits(settings.node)
     )
     check_destinations(settings.destinations)
     try:
@@ -78,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
         ) from None
     with runtime.sessions.begin() as session:
         audit(session, "application", "started", detail={"version": __version__})
+    _record_earlier_stops(runtime.sessions, settings.storage.root, log)
     log.info(
         "node listening",
         ae_title=settings.node.ae_title,
@@ -114,8 +126,21 @@ def run(args: argparse.Namespace) -> int:
         node.stop()
         idle = pipeline.stop(grace_seconds=args.grace)
         store.close()
-        with runtime.sessions.begin() as session:
-            audit(session, "application", "stopped")
+        unrecorded, error = [], pipeline.release_error
+        if error:
+            lease = settings.pipeline.lease_seconds
+            unrecorded.append(f"work still claimed (taken over once its {lease:g} s lease lapses)")
+        try:
+            with runtime.sessions.begin() as session:
+                audit(session, "application", "stopped")
+        except SQLAlchemyError as exc:
+            error = type(exc).__name__
+            _remember_stop(settings.storage.root)
+            unrecorded.append("the stop's audit record (written at the next start)")
+        if unrecorded:
+            log.error(
+                "database unavailable at stop", not_recorded="; ".join(unrecorded), error=error
+            )
         runtime.close()
         log.info("stopped", in_flight_abandoned=not idle)
     # Everything durable is committed and closed by now. Leave without the
@@ -126,6 +151,49 @@ def run(args: argparse.Namespace) -> int:
     # under the full test suite). An exception above still propagates.
     _leave(0)
     return 0
+
+
+def _unrecorded_stops(storage_root: Path) -> Path:
+    return storage_root / ".unrecorded-stops"
+
+
+def _remember_stop(storage_root: Path) -> None:
+    """Leave a note that this stop is missing from the audit trail (the database was gone)."""
+    folder = _unrecorded_stops(storage_root)
+    note = {"stopped_at": datetime.now(UTC).isoformat(), "host": socket.gethostname()}
+    try:
+        folder.mkdir(exist_ok=True)
+        (folder / f"{os.getpid()}-{uuid.uuid4().hex[:8]}.json").write_text(json.dumps(note))
+    except OSError:
+        pass  # the storage root is gone too: the log line is all that is left
+
+
+def _record_earlier_stops(sessions: Any, storage_root: Path, log: Any) -> None:
+    """Audit the stops that earlier runs could not record, at the time they happened."""
+    from storage.audit import audit
+
+    folder = _unrecorded_stops(storage_root)
+    for note in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        claimed = note.with_suffix(f".{os.getpid()}")
+        try:
+            os.rename(note, claimed)  # agents sharing the storage root record it once
+            stopped_at = datetime.fromisoformat(json.loads(claimed.read_text())["stopped_at"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        try:
+            with sessions.begin() as session:
+                audit(
+                    session,
+                    "application",
+                    "stopped",
+                    detail={"recorded_at_start": True},
+                    occurred_at=stopped_at,
+                )
+        except SQLAlchemyError:
+            os.rename(claimed, note)
+            return
+        claimed.unlink(missing_ok=True)
+        log.warning("an earlier stop recorded now: the database was unavailable then")
 
 
 def _leave(code: int) -> None:

@@ -10,6 +10,7 @@ path that refused it.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -18,7 +19,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID
 from pynetdicom import evt
 from pynetdicom.events import Event
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from agent.config import NodeSettings
@@ -297,7 +298,7 @@ class NodeHandlers:
         """
         with self.store.lock_for(record.rel_path):
             session = self.sessions()
-            publishing = False
+            publishing = committing = False
             try:
                 result = record_instance(session, record, on_conflict=self.on_conflict)
                 if result.outcome in (IngestOutcome.STORED, IngestOutcome.CONFLICT_REPLACED):
@@ -313,9 +314,33 @@ class NodeHandlers:
                     series_instance_uid=record.series_instance_uid,
                     sop_instance_uid=record.sop_instance_uid,
                 )
+                committing = True
                 session.commit()
             except BaseException as exc:
-                session.rollback()
+                # A broken connection cannot roll back; the server does so on its own.
+                with contextlib.suppress(SQLAlchemyError):
+                    session.rollback()
+                if committing and isinstance(exc, DBAPIError) and exc.connection_invalidated:
+                    # The connection broke during COMMIT: the database may have
+                    # committed before it did, and such a row names the published
+                    # file, so the file stays and the unknown outcome is logged and
+                    # audited. The sender resends; an identical resend finds the row
+                    # and its file, or records both. (A commit the database refused
+                    # is known to be rolled back and handled below.)
+                    log.error(
+                        "instance commit outcome unknown",
+                        error=type(exc).__name__,
+                        sop_instance_uid=record.sop_instance_uid,
+                    )
+                    self._audit_safely(
+                        "instance_received",
+                        "commit_outcome_unknown",
+                        source_ae=record.calling_ae,
+                        study_instance_uid=record.study_instance_uid,
+                        series_instance_uid=record.series_instance_uid,
+                        sop_instance_uid=record.sop_instance_uid,
+                    )
+                    return status.PROCESSING_FAILURE
                 if publishing:
                     # No committed row names this file (its name holds the content
                     # hash, and the lock keeps other writers of it out).

@@ -5,6 +5,11 @@ produced work wakes the next at once, so a series does not wait a whole
 interval between stages. ``stop`` lets in-flight work finish for a grace
 period and then gives back whatever this process still holds (jobs back to
 ``queued``, deliveries back to ``pending``), so nothing acknowledged is lost.
+
+A heartbeat thread renews the leases of the jobs being screened. It is a
+thread of its own, not a scheduler job, so it keeps beating while a batch is
+in inference (torch releases the GIL inside its kernels; pure Python work is
+preempted every few milliseconds).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from apscheduler.schedulers.background import BackgroundScheduler
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from agent.config import Settings
@@ -27,7 +33,7 @@ from agent.pipeline.model import ModelHolder
 from agent.pipeline.screen import ReportWriter, Screener
 from agent.pipeline.sweep import Sweeper
 from storage.files import InstanceStore
-from storage.queue import release_jobs, release_reports
+from storage.queue import release_jobs, release_reports, renew_jobs
 
 log = get_logger("agent.pipeline")
 
@@ -60,6 +66,29 @@ class Pipeline:
             timezone=UTC,
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
         )
+        #: Set by :meth:`stop` when held work could not be given back (database gone).
+        self.release_error: str | None = None
+        self._heartbeat = threading.Thread(target=self._beat, name="lease-heartbeat", daemon=True)
+
+    def _beat(self) -> None:
+        """Renew the leases of the batch in progress until the pipeline stops."""
+        every = self.settings.pipeline.lease_renew_seconds
+        while not self._stopping.wait(every):
+            held = self.screener.held()
+            if not held:
+                continue
+            try:
+                with self.sessions.begin() as session:
+                    renewed = renew_jobs(session, self.worker, held)
+            except Exception as exc:  # the database may come back before the lease runs out
+                log.warning("lease not renewed", jobs=len(held), error=type(exc).__name__)
+                continue
+            # A job finished between held() and the renewal is not lost, only done.
+            lost = set(held) - renewed
+            if lost & set(self.screener.held()):
+                log.warning("lease lost: jobs taken back", jobs=sorted(lost))
+            else:
+                log.debug("leases renewed", jobs=len(renewed))
 
     def start(self) -> None:
         self.model.start()
@@ -79,6 +108,7 @@ class Pipeline:
                 next_run_time=now,
             )
         self._scheduler.start()
+        self._heartbeat.start()
         log.info("pipeline started", worker=self.worker, every_seconds=every)
 
     def wake(self, stage: str) -> None:
@@ -127,9 +157,15 @@ class Pipeline:
         while self._busy and time.monotonic() < deadline:
             time.sleep(0.05)
         idle = self._busy == 0
-        with self.sessions.begin() as session:
-            jobs = release_jobs(session, self.worker)
-            reports = release_reports(session, self.worker)
+        try:
+            with self.sessions.begin() as session:
+                jobs = release_jobs(session, self.worker)
+                reports = release_reports(session, self.worker)
+        except SQLAlchemyError as exc:
+            # The database is gone: what this process holds is taken over once its
+            # leases lapse (deliveries once their claim is stale); the caller says so.
+            self.release_error = type(exc).__name__
+            return idle
         if jobs or reports:
             log.warning("work given back to the queue", jobs=jobs, reports=reports)
         return idle

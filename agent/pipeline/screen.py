@@ -14,11 +14,15 @@ A batch is claimed in one short transaction, read and inferred with no
 transaction open (SQLite writers would otherwise block ingest), and each job's
 results, outcome and report rows are committed together. Completion is
 conditional on the claim, so a job taken back meanwhile (shutdown, stale
-claim) is never half-written.
+claim) is never half-written. While a batch is held, :meth:`Screener.held`
+names its jobs, and the pipeline's heartbeat renews their leases, so a slow
+batch keeps its jobs and a dead worker's jobs are taken over once their
+lease runs out.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -109,6 +113,13 @@ class Screener:
         self.model = model
         self.worker = worker
         self.write_reports = write_reports
+        self._held: set[int] = set()
+        self._held_lock = threading.Lock()
+
+    def held(self) -> list[int]:
+        """The jobs of the batch in progress (their leases need renewing)."""
+        with self._held_lock:
+            return sorted(self._held)
 
     def run_once(self) -> int:
         """Screen one batch; returns how many jobs were finished."""
@@ -118,6 +129,16 @@ class Screener:
         claimed = self._claim()
         if not claimed:
             return 0
+        ids = {job.job_id for job in claimed}
+        with self._held_lock:
+            self._held |= ids
+        try:
+            return self._screen(predictor, claimed)
+        finally:
+            with self._held_lock:
+                self._held -= ids
+
+    def _screen(self, predictor: Any, claimed: list[ClaimedJob]) -> int:
         from hyperct_core.errors import PreprocessError
         from hyperct_core.preprocess import images_from_volume, preprocess_bytes
         from hyperct_core.volume import volume_from_datasets
@@ -243,7 +264,9 @@ class Screener:
 
     def _claim(self) -> list[ClaimedJob]:
         with self.sessions.begin() as session:
-            requeue_stale_jobs(session, self.settings.pipeline.claim_timeout_seconds)
+            taken = requeue_stale_jobs(session, self.settings.pipeline.lease_seconds)
+            if taken:
+                log.warning("jobs taken over: their worker stopped renewing its lease", jobs=taken)
             jobs = claim_jobs(session, self.worker, self.settings.model.batch_size)
             claimed = []
             for job in jobs:

@@ -95,11 +95,12 @@ def start_test_node(
     *,
     min_free_bytes: int = 0,
     on_conflict: Literal["keep_first", "replace"] = "keep_first",
+    database_timeout: float | None = None,
     **node: object,
 ) -> NodeUnderTest:
     store = InstanceStore(tmp_path / "storage", min_free_bytes)
     store.prepare()
-    sessions = make_session_factory(engine)
+    sessions = make_session_factory(engine, timeout_seconds=database_timeout)
     settings = NodeSettings.model_validate(
         {"ae_title": NODE_AET, "host": "127.0.0.1", "port": 0, **node}
     )

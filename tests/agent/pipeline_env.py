@@ -79,8 +79,11 @@ def agent_config(
 class Serve:
     """``hyperct-agent serve`` in a subprocess (optionally inside a network namespace)."""
 
-    def __init__(self, config: Path, netns: NetNS | None = None) -> None:
-        cmd = [sys.executable, "-m", "agent", "serve", "--config", str(config), "--grace", "2"]
+    def __init__(
+        self, config: Path, netns: NetNS | None = None, launcher: Sequence[str] = ("-m", "agent")
+    ) -> None:
+        # ``launcher``: what runs the CLI (a test module may wrap it, e.g. to slow the model).
+        cmd = [sys.executable, *launcher, "serve", "--config", str(config), "--grace", "2"]
         popen: Callable[..., Any] = netns.popen if netns else __import__("subprocess").Popen
         self.proc = popen(cmd, stderr=-1, stdout=-3, text=True, cwd=ROOT)
         self.lines: list[str] = []

@@ -316,3 +316,22 @@ def test_readme_configuration_table_lists_every_key() -> None:
     expected = _model_keys(Settings, "")
     assert sorted(expected - documented) == []
     assert sorted(documented - expected) == []
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("[pipeline]\nclaim_timeout_seconds = 3600.0\n", "replaced by lease_seconds"),
+        (
+            "[pipeline]\nlease_seconds = 10\nlease_renew_seconds = 6\n",
+            "lease_renew_seconds (6) must be at most half of lease_seconds (10)",
+        ),
+    ],
+)
+def test_lease_keys_refused_in_one_line(tmp_path: Path, text: str, says: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_settings(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: [pipeline]") and says in message
+    assert "\n" not in message

@@ -21,6 +21,7 @@ from storage.queue import (
     fail_job,
     finish_job,
     release_jobs,
+    renew_jobs,
     report_failed,
     report_sent,
     requeue_stale_jobs,
@@ -98,6 +99,28 @@ def test_stale_claims_are_requeued(session: Session) -> None:
     assert requeue_stale_jobs(session, timeout_seconds=3600) == 1
     session.commit()
     assert session.get(Job, job_id).state == JobState.QUEUED  # type: ignore[union-attr]
+
+
+def test_a_renewed_lease_keeps_the_job_and_a_lapsed_one_loses_it(session: Session) -> None:
+    kept, lapsed = queued_jobs(session, 2)
+    start = utcnow() - timedelta(minutes=10)
+    claim_jobs(session, "slow", limit=1, now=start)
+    claim_jobs(session, "dead", limit=1, now=start)
+    session.commit()
+    # Only the holder renews; another worker's renewal touches nothing.
+    assert renew_jobs(session, "slow", [kept, lapsed], now=utcnow()) == {kept}
+    assert renew_jobs(session, "intruder", [kept]) == set()
+    session.commit()
+    assert requeue_stale_jobs(session, timeout_seconds=120) == 1
+    session.commit()
+    session.expire_all()
+    assert session.get(Job, kept).state == JobState.RUNNING  # type: ignore[union-attr]
+    assert session.get(Job, lapsed).state == JobState.QUEUED  # type: ignore[union-attr]
+    # The dead worker's completion, should it come back, finds its claim gone.
+    assert not finish_job(session, lapsed, "dead")
+    assert renew_jobs(session, "dead", [lapsed]) == set()
+    assert finish_job(session, kept, "slow")
+    session.commit()
 
 
 def test_report_delivery_retries_and_sent(session: Session) -> None:

@@ -1,0 +1,134 @@
+"""Reliability row 27: job claims are leases, renewed while work runs.
+
+Real ``serve`` processes share one database (SQLite and PostgreSQL) and one
+storage root, with leases of a few seconds: a worker killed with SIGKILL
+mid-job loses its job to another agent once the lease runs out, and a worker
+whose inference outlasts several leases keeps its job and screens it once.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, func, select
+from sqlalchemy.engine import Engine
+
+from storage.models import Job, JobState, Result
+from tests.agent.pipeline_env import Serve, agent_config, chest_series, tiny_checkpoint, wait_for
+from tests.agent.test_pipeline_faults import send
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_checkpoint(tmp_path_factory.mktemp("model"))
+
+
+def config(folder: Path, checkpoint: Path, db_url: str, lease: float, renew: float) -> Path:
+    """A config of an agent sharing ``db_url`` and ``folder``'s storage root."""
+    text = agent_config(folder, checkpoint, database=db_url).read_text()
+    text = text.replace('root = "storage"', f'root = "{folder / "storage"}"')
+    text = text.replace(
+        "[pipeline]\n", f"[pipeline]\nlease_seconds = {lease}\nlease_renew_seconds = {renew}\n"
+    )
+    path = folder / "agent.toml"
+    path.write_text(text)
+    return path
+
+
+def slow(seconds: float) -> tuple[str, ...]:
+    return ("-m", "tests.agent.slow_serve", str(seconds))
+
+
+def the_job(db: Engine) -> Job | None:
+    with db.connect() as conn:
+        row = conn.execute(select(Job)).first()
+    return None if row is None else Job(**row._asdict())
+
+
+def held_by(db: Engine, serve: Serve) -> bool:
+    job = the_job(db)
+    return (
+        job is not None
+        and job.state == JobState.RUNNING
+        and (f":{serve.proc.pid}:" in (job.claimed_by or ""))
+    )
+
+
+def results(db: Engine) -> int:
+    with db.connect() as conn:
+        return int(conn.scalar(select(func.count()).select_from(Result)) or 0)
+
+
+@pytest.fixture
+def shared(tmp_path: Path, db_url: str) -> tuple[str, Engine]:
+    (tmp_path / "db").mkdir(exist_ok=True)
+    return db_url, create_engine(db_url)
+
+
+def test_a_killed_workers_job_is_taken_over_once_its_lease_lapses(
+    tmp_path: Path, checkpoint: Path, shared: tuple[str, Engine]
+) -> None:
+    url, db = shared
+    cfg = config(tmp_path, checkpoint, url, lease=3.0, renew=1.0)
+    first = Serve(cfg, launcher=slow(600))  # never finishes inference on its own
+    try:
+        threading.Thread(
+            target=send, args=(first.port, chest_series(tmp_path / "s")), daemon=True
+        ).start()
+        wait_for(lambda: held_by(db, first), 120, "the job claimed by the first agent", first)
+    finally:
+        first.proc.kill()
+        first.proc.wait(30)
+    second = Serve(cfg)
+    try:
+        job = wait_for(
+            lambda: (j := the_job(db)) is not None and j.state == JobState.DONE and j,
+            120,
+            "the job taken over and screened",
+            second,
+        )
+    finally:
+        assert second.stop() == 0
+    assert job.attempts == 2  # the dead worker's attempt counts
+    assert second.events("jobs taken over: their worker stopped renewing its lease")
+    assert len(second.events("series screened")) == 1
+    assert results(db) == 25
+    db.dispose()
+
+
+def test_a_slow_worker_keeps_its_job_past_many_leases(
+    tmp_path: Path, checkpoint: Path, shared: tuple[str, Engine]
+) -> None:
+    url, db = shared
+    cfg = config(tmp_path, checkpoint, url, lease=2.0, renew=0.5)
+    slow_agent = Serve(cfg, launcher=slow(8))  # inference lasts four leases
+    other = None
+    try:
+        threading.Thread(
+            target=send, args=(slow_agent.port, chest_series(tmp_path / "s")), daemon=True
+        ).start()
+        wait_for(lambda: held_by(db, slow_agent), 120, "the job claimed", slow_agent)
+        # An idle agent on the same database, ready to take over any lapsed lease.
+        other = Serve(cfg)
+        job = wait_for(
+            lambda: (j := the_job(db)) is not None and j.state == JobState.DONE and j,
+            120,
+            "the slow agent to finish",
+            slow_agent,
+        )
+    finally:
+        assert slow_agent.stop() == 0
+        if other is not None:
+            assert other.stop() == 0
+    assert job is not None and job.attempts == 1 and job.revision == 1
+    assert len(slow_agent.events("series screened")) == 1
+    assert slow_agent.events("leases renewed")
+    assert not slow_agent.events("screening result dropped: claim taken back")
+    assert other is not None and not other.events("series screened")
+    assert not other.events("jobs taken over: their worker stopped renewing its lease")
+    assert results(db) == 25
+    db.dispose()
