@@ -328,6 +328,10 @@ def test_drop_report_passes_a_burst_then_counts() -> None:
     )
     for n in range(10):
         report.note(f"10.0.0.{n % 4}", "idle" if n % 2 else "slow", tls=n == 0)
+    # The reports run on the reporter's own thread: wait (bounded) for the burst to arrive.
+    deadline = time.monotonic() + 10
+    while len(each) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert each == [
         ("10.0.0.0", "slow", True),
         ("10.0.0.1", "idle", False),
