@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 
 from agent import __version__
+from agent.commands.args import number as args_number
 from agent.errors import AgentError
 
 # Seconds beyond --grace that stopping the node, the pipeline and the database may take.
@@ -29,12 +30,16 @@ def _give_up(log: Any) -> None:
     os._exit(1)
 
 
+#: In-flight screening may finish within this long at shutdown (0: requeue at once).
+grace_seconds = args_number(0.0, 3600.0)
+
+
 def register(sub: Any) -> None:
     p = sub.add_parser("serve", help="run the DICOM node and the screening pipeline")
     p.add_argument("--config", type=Path, help="agent.toml (default: the embedded defaults)")
     p.add_argument(
         "--grace",
-        type=float,
+        type=grace_seconds,
         default=10.0,
         help="seconds to let in-flight screening finish at shutdown before requeueing it",
     )
