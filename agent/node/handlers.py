@@ -84,7 +84,8 @@ class NodeHandlers:
         # timeout) need a server that answers; a frozen one never does. Recording runs
         # on a worker the C-STORE waits for at most this long (None: inline).
         self.commit_timeout = commit_timeout
-        self._recorders = ThreadPoolExecutor(max_workers=8, thread_name_prefix="record")
+        # More workers than the default association limit: a live database never queues.
+        self._recorders = ThreadPoolExecutor(max_workers=16, thread_name_prefix="record")
 
     def bindings(self) -> list[tuple[evt.InterventionEvent | evt.NotificationEvent, object]]:
         return [
