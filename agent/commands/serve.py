@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 
 from agent import __version__
+from agent.commands.args import number as args_number
 from agent.errors import AgentError
 
 # Seconds beyond --grace that stopping the node, the pipeline and the database may take.
@@ -29,12 +30,19 @@ def _give_up(log: Any) -> None:
     os._exit(1)
 
 
+#: Seconds beyond [database] receive_timeout_seconds a C-STORE waits for a database that
+#: does not answer at all (a frozen server never fires its own statement timeout).
+_FROZEN_DATABASE_MARGIN = 5.0
+#: In-flight screening may finish within this long at shutdown (0: requeue at once).
+grace_seconds = args_number(0.0, 3600.0)
+
+
 def register(sub: Any) -> None:
     p = sub.add_parser("serve", help="run the DICOM node and the screening pipeline")
     p.add_argument("--config", type=Path, help="agent.toml (default: the embedded defaults)")
     p.add_argument(
         "--grace",
-        type=float,
+        type=grace_seconds,
         default=10.0,
         help="seconds to let in-flight screening finish at shutdown before requeueing it",
     )
@@ -78,7 +86,12 @@ def run(args: argparse.Namespace) -> int:
         runtime.engine, timeout_seconds=settings.database.receive_timeout_seconds
     )
     handlers = NodeHandlers(
-        store, receive_sessions, settings.node.on_conflict, receive_limits(settings.node)
+        store,
+        receive_sessions,
+        settings.node.on_conflict,
+        receive_limits(settings.node),
+        # The server-side timeouts answer first; this bounds a server that answers nothing.
+        commit_timeout=settings.database.receive_timeout_seconds + _FROZEN_DATABASE_MARGIN,
     )
     check_destinations(settings.destinations)
     try:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -72,11 +74,18 @@ class NodeHandlers:
         sessions: sessionmaker[Session],
         on_conflict: Literal["keep_first", "replace"] = "keep_first",
         limits: ReceiveLimits = DEFAULT_LIMITS,
+        commit_timeout: float | None = None,
     ) -> None:
         self.store = store
         self.sessions = sessions
         self.on_conflict = on_conflict
         self.limits = limits
+        # The database's own timeouts (lock_timeout, statement_timeout, SQLite's busy
+        # timeout) need a server that answers; a frozen one never does. Recording runs
+        # on a worker the C-STORE waits for at most this long (None: inline).
+        self.commit_timeout = commit_timeout
+        # More workers than the default association limit: a live database never queues.
+        self._recorders = ThreadPoolExecutor(max_workers=16, thread_name_prefix="record")
 
     def bindings(self) -> list[tuple[evt.InterventionEvent | evt.NotificationEvent, object]]:
         return [
@@ -158,6 +167,21 @@ class NodeHandlers:
         )
 
     def _audit_safely(self, event_type: str, outcome: str, **fields: object) -> None:
+        """Write an audit record; on the association's thread it waits at most commit_timeout.
+
+        Association events are audited on the thread that serves the association: a
+        database that answers nothing must not hold the association (and its C-STOREs).
+        """
+        if self.commit_timeout is None:
+            self._write_audit(event_type, outcome, fields)
+            return
+        writing = self._recorders.submit(self._write_audit, event_type, outcome, fields)
+        try:
+            writing.result(timeout=self.commit_timeout)
+        except FutureTimeout:
+            log.error("audit record not written in time", audit_event=event_type, outcome=outcome)
+
+    def _write_audit(self, event_type: str, outcome: str, fields: dict[str, object]) -> None:
         try:
             with self.sessions.begin() as session:
                 audit(session, event_type, outcome, **fields)
@@ -251,7 +275,43 @@ class NodeHandlers:
             # e.g. positions so large that their projection on the slice normal overflows
             log.warning("instance refused", reason="attributes cannot be recorded")
             return _refusal(status.CANNOT_UNDERSTAND, "attributes cannot be recorded")
-        return self._commit(staged, record)
+        if self.commit_timeout is None:
+            return self._commit(staged, record)
+        recording = self._recorders.submit(self._commit, staged, record)
+        try:
+            return recording.result(timeout=self.commit_timeout)
+        except FutureTimeout:
+            # Answered now; the recording goes on. The caller removes the temp file, so a
+            # row not yet written can no longer publish one; a commit already under way
+            # may still land, and is then logged and audited (_recorded_late).
+            recording.add_done_callback(lambda done: self._recorded_late(done, record))
+            log.error(
+                "instance not recorded in time",
+                seconds=self.commit_timeout,
+                sop_instance_uid=record.sop_instance_uid,
+            )
+            return status.PROCESSING_FAILURE
+
+    def _recorded_late(self, recording: Future[int], record: InstanceRecord) -> None:
+        """A recording the sender was told had failed has ended: say so if it was kept."""
+        if recording.cancelled() or recording.exception() is not None:
+            return
+        if recording.result() != status.SUCCESS:
+            return
+        log.warning(
+            "instance recorded after its C-STORE was refused",
+            sop_instance_uid=record.sop_instance_uid,
+        )
+        self._write_audit(  # on a recorder thread already: no second wait on the pool
+            "instance_received",
+            "recorded_after_refusal",
+            {
+                "source_ae": record.calling_ae,
+                "study_instance_uid": record.study_instance_uid,
+                "series_instance_uid": record.series_instance_uid,
+                "sop_instance_uid": record.sop_instance_uid,
+            },
+        )
 
     @staticmethod
     def _instance_record(
@@ -332,13 +392,15 @@ class NodeHandlers:
                         error=type(exc).__name__,
                         sop_instance_uid=record.sop_instance_uid,
                     )
-                    self._audit_safely(
+                    self._write_audit(  # may run on a recorder thread: no wait on the pool
                         "instance_received",
                         "commit_outcome_unknown",
-                        source_ae=record.calling_ae,
-                        study_instance_uid=record.study_instance_uid,
-                        series_instance_uid=record.series_instance_uid,
-                        sop_instance_uid=record.sop_instance_uid,
+                        {
+                            "source_ae": record.calling_ae,
+                            "study_instance_uid": record.study_instance_uid,
+                            "series_instance_uid": record.series_instance_uid,
+                            "sop_instance_uid": record.sop_instance_uid,
+                        },
                     )
                     return status.PROCESSING_FAILURE
                 if publishing:

@@ -96,6 +96,7 @@ def start_test_node(
     min_free_bytes: int = 0,
     on_conflict: Literal["keep_first", "replace"] = "keep_first",
     database_timeout: float | None = None,
+    commit_timeout: float | None = None,
     **node: object,
 ) -> NodeUnderTest:
     store = InstanceStore(tmp_path / "storage", min_free_bytes)
@@ -104,7 +105,9 @@ def start_test_node(
     settings = NodeSettings.model_validate(
         {"ae_title": NODE_AET, "host": "127.0.0.1", "port": 0, **node}
     )
-    handlers = NodeHandlers(store, sessions, on_conflict, receive_limits(settings))
+    handlers = NodeHandlers(
+        store, sessions, on_conflict, receive_limits(settings), commit_timeout=commit_timeout
+    )
     return NodeUnderTest(start_node(settings, handlers), store, sessions, engine, handlers)
 
 

@@ -137,6 +137,9 @@ def assert_one_line(err: str) -> str:
         (["explain", "1.2 3"], "not a UID"),
         (["status", "--config", "agent\x00.toml"], "--config: not a path"),
         (["results", "--output", ""], "--output: not a path"),
+        (["serve", "--grace", "inf"], "--grace: not a number"),
+        (["serve", "--grace", "1e9"], "is outside 0-3600"),
+        (["serve", "--grace", "-1"], "--grace: -1 is outside 0-3600"),
     ],
 )
 def test_odd_arguments_are_refused_in_one_line(

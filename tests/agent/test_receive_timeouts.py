@@ -10,6 +10,9 @@ and its file kept, so a row that did commit never names a missing file.
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -131,3 +134,65 @@ def test_serve_applies_the_configured_receive_timeout(tmp_path: Path) -> None:
         assert serve.stop() == 0
         engine.dispose()
     assert serve.events("instance not recorded")
+
+
+@contextmanager
+def frozen(engine: Engine) -> Iterator[None]:
+    """Every server process of this database stopped (SIGSTOP): nothing answers, no timer fires."""
+    database = engine.url.database
+    admin = make_engine(engine.url.set(database="postgres").render_as_string(hide_password=False))
+    with admin.connect() as conn:
+        pids = conn.scalars(
+            text("SELECT pid FROM pg_stat_activity WHERE datname = :d"), {"d": database}
+        ).all()
+    admin.dispose()
+    assert pids, "the node holds no connection to freeze"
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+
+
+@pytest.mark.postgres
+def test_a_frozen_database_costs_a_c211_within_the_bound(tmp_path: Path, pg_engine: Engine) -> None:
+    # A stopped server answers nothing, so its lock and statement timeouts never fire;
+    # the node stops waiting on its own after commit_timeout. The node's engine has one
+    # connection, so freezing its server process freezes all the node can reach.
+    engine = make_engine(pg_engine.url, pool_size=1, max_overflow=0, pool_timeout=20)
+    running = start_test_node(tmp_path, engine, database_timeout=30.0, commit_timeout=2.0)
+    try:
+        first, second = ct_series(2)
+        assert scu_send(running.port, [first]) == [0x0000]  # the node's connection is open
+        with frozen(engine):
+            started = time.monotonic()
+            assert scu_send(running.port, [second]) == [0xC211]
+            waited = time.monotonic() - started
+            assert running.temp_files() == []
+        assert waited < 20.0  # neither the pool's 20 s nor the database's 30 s answered
+        # Thawed, the abandoned recording ends: kept and audited, or nothing kept.
+        busy = text(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid <> pg_backend_pid() AND state IN ('active', 'idle in transaction')"
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with pg_engine.connect() as conn:
+                if conn.scalar(busy) == 0:
+                    break
+            time.sleep(0.2)
+        time.sleep(0.5)  # the recording's last step after its transaction
+        with running.sessions() as s:
+            late = s.scalars(
+                select(AuditEvent.outcome).where(AuditEvent.outcome == "recorded_after_refusal")
+            ).all()
+        assert running.counts() == ((2, 1) if late else (1, 1))
+        assert len(running.files()) == running.counts()[0]
+        assert scu_send(running.port, [second]) == [0x0000]  # the sender's resend
+        assert running.counts() == (2, 1) and len(running.files()) == 2
+    finally:
+        running.node.stop()
+        running.store.close()
+        engine.dispose()
