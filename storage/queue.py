@@ -84,29 +84,23 @@ def claim_jobs(session: Session, worker: str, limit: int, now: datetime | None =
 
 def finish_job(session: Session, job_id: int, worker: str, **values: object) -> bool:
     """Mark a claimed job done with ``values``; False if the claim was taken back."""
-    result = session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.state == JobState.RUNNING, Job.claimed_by == worker)
-        .values(
-            state=JobState.DONE,
-            last_error=None,
-            next_attempt_at=None,
-            claimed_by=None,
-            updated_at=utcnow(),
-            **values,
-        )
-    )
-    return bool(result.rowcount)  # type: ignore[attr-defined]
+    return _close_claim(session, job_id, worker, JobState.DONE, **values)
 
 
 def skip_job(session: Session, job_id: int, worker: str, reason: str, **values: object) -> bool:
     """Mark a claimed job skipped (not screened) with ``reason``; False if the claim is gone."""
+    return _close_claim(session, job_id, worker, JobState.SKIPPED, reason=reason, **values)
+
+
+def _close_claim(
+    session: Session, job_id: int, worker: str, state: JobState, **values: object
+) -> bool:
+    """End ``worker``'s claim on a running job in ``state``; False if the claim is gone."""
     result = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.state == JobState.RUNNING, Job.claimed_by == worker)
         .values(
-            state=JobState.SKIPPED,
-            reason=reason,
+            state=state,
             last_error=None,
             next_attempt_at=None,
             claimed_by=None,
