@@ -11,3 +11,7 @@ class PreprocessError(HyperCTError):
 
 class CheckpointError(HyperCTError):
     """A checkpoint that is missing, truncated, foreign or mismatched."""
+
+
+class DependencyError(HyperCTError):
+    """An installed library at a release this code was not written for."""

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hyperct_core.backbone import BackboneConfig
+from hyperct_core.errors import DependencyError
 
 __all__ = [
     "TARGET_TYPES",
@@ -228,9 +229,26 @@ def site_weights(backbone: nn.Module) -> dict[tuple[int, str], Tensor]:
 
 # --- the ViT pass over timm's Eva modules -------------------------------------------
 
+#: The timm release whose Eva internals (``_pos_embed``, the blocks' attributes) the pass
+#: below reads; setup.cfg pins the same one. Private methods carry no promise between
+#: releases, so another release is refused rather than trusted.
+TIMM_VERSION = "1.0.31"
+
+
+def check_timm_version() -> None:
+    """Refuse a timm release the functional pass was not written for."""
+    import timm
+
+    if timm.__version__ != TIMM_VERSION:
+        raise DependencyError(
+            f"timm {timm.__version__} is installed but the model supports only {TIMM_VERSION} "
+            "(it calls timm's private Eva internals); install with -c constraints.txt"
+        )
+
 
 def check_supported(backbone: nn.Module) -> None:
     """The functional pass below covers DINOv3's Eva blocks; refuse anything else."""
+    check_timm_version()
     from timm.layers import Mlp
     from timm.models.eva import Eva, EvaAttention, EvaBlock
 

@@ -61,6 +61,7 @@ import weakref
 from dataclasses import dataclass
 from typing import Any
 
+import pynetdicom
 from pynetdicom import association as _association
 from pynetdicom import dul as _dul
 from pynetdicom.association import Association
@@ -70,6 +71,8 @@ from pynetdicom.events import Event
 from pynetdicom.fsm import StateMachine
 from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.transport import AssociationSocket
+
+from agent.errors import AgentError
 
 _WAKE_ATTR = "_hyperct_wake"
 _PIPE_ATTR = "_hyperct_pipe"
@@ -356,13 +359,33 @@ def _do_action_guarded(self: StateMachine, event: str) -> None:
         dul._kill_thread = True
 
 
+#: The pynetdicom series whose internals the functions above replace; setup.cfg pins
+#: the same series. Another release may have moved or changed them.
+PYNETDICOM_SERIES = "3.0"
+
+
+def check_pynetdicom_version() -> None:
+    """Refuse a pynetdicom release the replaced internals were not written for."""
+    version = pynetdicom.__version__
+    if version != PYNETDICOM_SERIES and not version.startswith(PYNETDICOM_SERIES + "."):
+        raise AgentError(
+            f"pynetdicom {version} is installed but the node supports only "
+            f"{PYNETDICOM_SERIES}.* (it replaces pynetdicom internals); "
+            "install with -c constraints.txt"
+        )
+
+
 _installed = False
 _lock = threading.Lock()
 
 
 def install_transport_tuning() -> None:
-    """Swap the reactor modules' clock and the socket's bulk read (idempotent)."""
+    """Swap the reactor modules' clock and the socket's bulk read (idempotent).
+
+    Raises :class:`AgentError` instead, changing nothing, on an unsupported pynetdicom.
+    """
     global _installed
+    check_pynetdicom_version()
     with _lock:
         if _installed:
             return
