@@ -236,4 +236,4 @@ def _identity(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:
-    return structlog.stdlib.get_logger(name)  # type: ignore[no-any-return]
+    return structlog.stdlib.get_logger(name)

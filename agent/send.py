@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pynetdicom import AE
 from pynetdicom.association import Association
-from pynetdicom.sop_class import Verification
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # generated at import
 
 from agent.config import Destination, NodeSettings
 from agent.logs import quiet_pynetdicom

@@ -15,10 +15,10 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
+from sqlalchemy import Table, insert
 from sqlalchemy import event as sa_event
-from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
 from storage.models import AuditEvent
@@ -104,7 +104,7 @@ def audit(
         session.info.setdefault(_PENDING, []).append(record)
 
 
-_INSERT = insert(AuditEvent.__table__)
+_INSERT = insert(cast(Table, AuditEvent.__table__))
 
 
 def _refuse_patient_keys(detail: dict[str, Any]) -> None:

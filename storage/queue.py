@@ -48,10 +48,10 @@ def _retry_or_dead(
     row.last_error = error[:2000]
     row.claimed_by = None
     if row.attempts >= max_attempts:
-        row.state = dead  # type: ignore[assignment]
+        row.state = dead
         row.next_attempt_at = None
     else:
-        row.state = failed  # type: ignore[assignment]
+        row.state = failed
         row.next_attempt_at = (now or utcnow()) + backoff(retry_seconds, row.attempts)
 
 

@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     from pydicom import dcmread
     from pynetdicom import AE, AllStoragePresentationContexts, evt
-    from pynetdicom.sop_class import CTImageStorage
+    from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]  # generated at import
 
     from agent.logs import quiet_pynetdicom
     from hyperct_core import phantoms
@@ -104,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
     pacs_server = pacs.start_server(
         ("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)]
     )
+    assert pacs_server is not None  # block=False always returns the server
     config = work / "agent.toml"
     config.write_text(
         '[node]\nport = 0\n[storage]\nroot = "storage"\nmin_free_bytes = 0\n'

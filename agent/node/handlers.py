@@ -15,11 +15,12 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 from pynetdicom import evt
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -181,7 +182,7 @@ class NodeHandlers:
         except FutureTimeout:
             log.error("audit record not written in time", audit_event=event_type, outcome=outcome)
 
-    def _write_audit(self, event_type: str, outcome: str, fields: dict[str, object]) -> None:
+    def _write_audit(self, event_type: str, outcome: str, fields: dict[str, Any]) -> None:
         try:
             with self.sessions.begin() as session:
                 audit(session, event_type, outcome, **fields)
@@ -206,7 +207,7 @@ class NodeHandlers:
         return answer
 
     def _store(self, event: Event, calling_ae: str) -> int | Dataset:
-        request = event.request
+        request = cast(C_STORE, event.request)  # EVT_C_STORE's request is a C-STORE
         dataset = request.DataSet.getvalue()  # type: ignore[union-attr]
         transfer_syntax = event.context.transfer_syntax
         if not is_valid_uid(str(request.AffectedSOPInstanceUID)):
@@ -214,8 +215,11 @@ class NodeHandlers:
             return status.INVALID_IDENTIFIER
         try:
             # Written now; hashed and fsync'd on worker threads while the header is read.
+            # A C-STORE-RQ carries both UIDs (PS3.7 9.3.1.1); the instance UID was checked above.
             prefix = part10_prefix(
-                request.AffectedSOPClassUID, request.AffectedSOPInstanceUID, transfer_syntax
+                cast(UID, request.AffectedSOPClassUID),
+                cast(UID, request.AffectedSOPInstanceUID),
+                transfer_syntax,
             )
             staged = self.store.stage([prefix, dataset], dataset)
         except OutOfSpace:

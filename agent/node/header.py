@@ -132,7 +132,7 @@ def _floats(ds: Dataset | None, keyword: str, n: int) -> tuple[float, ...] | Non
     ):
         value = [value]
     try:
-        floats = tuple(float(v) for v in value)  # type: ignore[union-attr]
+        floats = tuple(float(v) for v in value)
     except (TypeError, ValueError):
         return None
     return floats if len(floats) == n and all(map(math.isfinite, floats)) else None
@@ -149,7 +149,7 @@ def _first_item(ds: Dataset, *path: str) -> Dataset | None:
     return node
 
 
-_HEADER_TAGS = [
+_HEADER_TAGS: list[BaseTag | int] = [
     Tag(keyword)
     for keyword in (
         "SOPClassUID",

@@ -27,7 +27,7 @@ from pydicom.uid import (
 )
 from pynetdicom import AE
 from pynetdicom.association import Association
-from pynetdicom.sop_class import Verification
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # generated at import
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 from agent.config import NodeSettings

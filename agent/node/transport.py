@@ -143,7 +143,7 @@ def _wake_event(assoc: Association) -> threading.Event:
     event = assoc.__dict__.get(_WAKE_ATTR)
     if event is None:
         event = assoc.__dict__.setdefault(_WAKE_ATTR, threading.Event())
-    return event  # type: ignore[no-any-return]
+    return event
 
 
 class ReactorClock:
@@ -390,8 +390,8 @@ def install_transport_tuning() -> None:
         if _installed:
             return
         clock = ReactorClock()
-        _association.time = clock  # type: ignore[attr-defined]
-        _dul.time = clock  # type: ignore[attr-defined]
+        _association.time = clock  # type: ignore[assignment]
+        _dul.time = clock  # type: ignore[assignment]
         AssociationSocket.recv = _recv_exact  # type: ignore[method-assign]
         AssociationSocket.ready = property(_ready_or_prefetched)  # type: ignore[method-assign,assignment]
         DULServiceProvider._read_pdu_data = _read_pdu_data_guarded  # type: ignore[method-assign]
