@@ -246,7 +246,7 @@ def load_backbone_weights(model: nn.Module, sd: dict[str, torch.Tensor]) -> None
     sd = _strip_prefix(dict(sd))
     if _is_hf_layout(sd):
         sd = hf_to_timm_state_dict(
-            sd, qkv_bias=getattr(model.blocks[0].attn, "q_bias", None) is not None
+            sd, qkv_bias=getattr(model.get_submodule("blocks.0.attn"), "q_bias", None) is not None
         )
     elif "storage_tokens" in sd:
         from timm.models.eva import checkpoint_filter_fn

@@ -15,7 +15,7 @@ Layout (HyperCT spec, "Hypernetwork"):
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -111,7 +111,8 @@ class HyperNetwork(nn.Module):
 
     def reset_parameters(self) -> None:
         nn.init.normal_(self.task_embedding, std=0.02)
-        for kind, head in self.heads.items():
+        for kind, module in self.heads.items():
+            head = cast(nn.Linear, module)
             n_a = self.config.rank * self.dims[kind][0]
             nn.init.normal_(head.weight, std=0.01)
             with torch.no_grad():

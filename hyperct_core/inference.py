@@ -37,6 +37,7 @@ from hyperct_core.lora import (
     MergedLinear,
     SegmentLoRA,
     TargetLinear,
+    TimmModule,
     attention_from_qkv,
     block_forward,
     block_tail,
@@ -182,9 +183,7 @@ class Predictor:
         ``batch`` is a list of (n_i, 3, H, W) image tensors, or a padded
         (N, n_max, 3, H, W) tensor with its boolean (N, n_max) ``mask``.
         """
-        flat, sizes = flatten_batch(
-            list(batch) if isinstance(batch, (list, tuple)) else batch, mask
-        )
+        flat, sizes = flatten_batch(batch if isinstance(batch, Tensor) else list(batch), mask)
         with torch.inference_mode():
             cls = self.task_cls(flat)  # (tasks, images, D), fp32
             pooled = torch.stack([segment_mean(c, sizes) for c in cls])
@@ -203,7 +202,7 @@ class Predictor:
 
     def _shared_start(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
         """Tokens, block 0's norm1 and frozen qkv product: identical for every task."""
-        bb = self.model.backbone
+        bb: TimmModule = self.model.backbone
         blk0 = bb.blocks[0]
         x0, rope = embed_tokens(bb, images)
         h0 = blk0.norm1(x0)
@@ -212,7 +211,7 @@ class Predictor:
 
     def _finish(self, x0: Tensor, qkv: Tensor, rope: Tensor | None, linear: TargetLinear) -> Tensor:
         """From block 0's adapted qkv to the normed CLS token."""
-        bb = self.model.backbone
+        bb: TimmModule = self.model.backbone
         last = len(bb.blocks) - 1
         blk0 = bb.blocks[0]
         attn = attention_from_qkv(blk0, 0, qkv, rope, linear, cls_only=last == 0)
@@ -224,7 +223,7 @@ class Predictor:
     # --- strategies ----------------------------------------------------------------
 
     def _cls_merge(self, chunks: Sequence[Tensor]) -> Tensor:
-        bb = self.model.backbone
+        bb: TimmModule = self.model.backbone
         shared = [self._shared_start(c) for c in chunks]
         n_img = sum(c.shape[0] for c in chunks)
         out = torch.empty(self.num_tasks, n_img, bb.num_features, device=self.device)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -52,6 +52,10 @@ TARGET_TYPES: tuple[str, ...] = ("q", "k", "v", "proj", "fc1", "fc2")
 # Which timm linear each target lives in, and the target's slice index within it.
 _SITE_OF = {"q": ("qkv", 0), "k": ("qkv", 1), "v": ("qkv", 2)}
 SITE_TARGETS = {"qkv": ("q", "k", "v"), "proj": ("proj",), "fc1": ("fc1",), "fc2": ("fc2",)}
+
+#: A timm Eva model, block or attention module, read through the attributes timm gives it.
+#: ``nn.Module.__getattr__`` types every such attribute ``Tensor | Module``, so these are Any.
+TimmModule = Any
 
 LoRAWeights = Mapping[str, tuple[Tensor, Tensor]]
 """Target name -> (A of shape (G, r, d_in), B of shape (G, d_out, r)), G tasks or volumes."""
@@ -174,7 +178,7 @@ class MergedLinear:
 
 
 def merge_task_weights(
-    backbone: nn.Module,
+    backbone: TimmModule,
     weights: LoRAWeights,
     task: int,
     scale: float,
@@ -214,11 +218,11 @@ def merge_task_weights(
     return out
 
 
-def _site_modules(blk: nn.Module) -> dict[str, nn.Linear]:
+def _site_modules(blk: TimmModule) -> dict[str, nn.Linear]:
     return {"qkv": blk.attn.qkv, "proj": blk.attn.proj, "fc1": blk.mlp.fc1, "fc2": blk.mlp.fc2}
 
 
-def site_weights(backbone: nn.Module) -> dict[tuple[int, str], Tensor]:
+def site_weights(backbone: TimmModule) -> dict[tuple[int, str], Tensor]:
     """The frozen weight of every site, keyed like :class:`MergedLinear`."""
     return {
         (depth, site): m.weight
@@ -261,7 +265,7 @@ def check_supported(backbone: nn.Module) -> None:
             raise TypeError("backbone blocks need fused qkv, no gate and a plain MLP")
 
 
-def embed_tokens(backbone: nn.Module, images: Tensor) -> tuple[Tensor, Tensor | None]:
+def embed_tokens(backbone: TimmModule, images: Tensor) -> tuple[Tensor, Tensor | None]:
     """Patch embedding, CLS/register tokens and the RoPE table (shared by every task)."""
     x = backbone.patch_embed(images)
     # timm's own token assembly (cls + registers + patches, RoPE for this grid size).
@@ -269,14 +273,14 @@ def embed_tokens(backbone: nn.Module, images: Tensor) -> tuple[Tensor, Tensor | 
     return backbone.norm_pre(x), rope
 
 
-def qkv_bias(attn: nn.Module) -> Tensor | None:
+def qkv_bias(attn: TimmModule) -> Tensor | None:
     if attn.q_bias is None:
         return None
     return torch.cat((attn.q_bias, attn.k_bias, attn.v_bias))
 
 
 def attention_from_qkv(
-    blk: nn.Module,
+    blk: TimmModule,
     depth: int,
     qkv: Tensor,
     rope: Tensor | None,
@@ -308,7 +312,7 @@ def attention_from_qkv(
 
 
 def block_tail(
-    blk: nn.Module, depth: int, x: Tensor, attn_out: Tensor, linear: TargetLinear
+    blk: TimmModule, depth: int, x: Tensor, attn_out: Tensor, linear: TargetLinear
 ) -> Tensor:
     """Residual of the attention branch, then the MLP branch (LayerScale on both)."""
     if blk.gamma_1 is not None:
@@ -324,7 +328,7 @@ def block_tail(
 
 
 def block_forward(
-    blk: nn.Module,
+    blk: TimmModule,
     depth: int,
     x: Tensor,
     rope: Tensor | None,
@@ -337,7 +341,7 @@ def block_forward(
     return block_tail(blk, depth, x[:, :1] if cls_only else x, attn_out, linear)
 
 
-def vit_cls(backbone: nn.Module, images: Tensor, linear: TargetLinear = frozen_linear) -> Tensor:
+def vit_cls(backbone: TimmModule, images: Tensor, linear: TargetLinear = frozen_linear) -> Tensor:
     """CLS token after the final norm, for images (n, 3, H, W), every target via ``linear``."""
     x, rope = embed_tokens(backbone, images)
     last = len(backbone.blocks) - 1
