@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import ast
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,7 +132,7 @@ def _is_under(name: str, prefixes: Iterable[str]) -> bool:
     return any(name == p or name.startswith(p + ".") for p in prefixes)
 
 
-def layer_violations(graph: ImportGraph, layers: dict[str, tuple[str, ...]]) -> list[str]:
+def layer_violations(graph: ImportGraph, layers: Mapping[str, tuple[str, ...]]) -> list[str]:
     """Every import of a package its layer forbids, as ``module imports name (file:line)``."""
     found = []
     for module in graph.paths:
