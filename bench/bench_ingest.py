@@ -208,7 +208,8 @@ from pathlib import Path
 sys.path.insert(0, {str(ROOT)!r})
 from pynetdicom import AE, evt, _config
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from agent.node.header import part10_prefix, read_header
+from agent.dicom.header import read_header
+from agent.dicom.part10 import part10_prefix
 from agent.node.transport import install_transport_tuning, on_connection_open, on_dimse_received
 from storage.files import InstanceStore, derived_rel_path
 _config.LOG_HANDLER_LEVEL = "none"

@@ -39,9 +39,6 @@ from storage.types import UTCDateTime, utcnow
 # are the same orientation (PS3.3 C.7.6.2.1.1: values are unit vectors).
 ORIENTATION_TOLERANCE = 1e-4
 
-# PS3.5 9.1 allows only digits and dots; accept any visible ASCII so a sloppy
-# sender's UID is still recorded, but never more than the column holds.
-_UID_RE = re.compile(r"^[\x21-\x7e]{1,64}$")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 _studies: Table = Base.metadata.tables["studies"]
@@ -61,11 +58,14 @@ class IngestOutcome(StrEnum):
 class InstanceRecord:
     """What the node knows about one received instance, ready to record.
 
-    ``slice_position`` is Image Position (Patient) projected on the slice
-    normal (row x column direction cosines), computed by the caller.
-    ``rel_path`` is relative to the storage root and derived by the agent.
-    Descriptive strings longer than their column are cut to fit; UIDs that are
-    not valid (PS3.5 9.1) raise InvalidRecord.
+    Plain data: the caller builds it from a header whose UIDs it has already
+    checked (PS3.5 9.1), and storage keeps them as given. ``slice_position``
+    is Image Position (Patient) projected on the slice normal (row x column
+    direction cosines), computed by the caller. ``rel_path`` is relative to
+    the storage root and derived by the agent. Descriptive strings longer
+    than their column are cut to fit. What the columns and the file store
+    cannot hold (non-finite numbers, a path outside the root, a naive time)
+    raises InvalidRecord.
     """
 
     study_instance_uid: str
@@ -97,16 +97,6 @@ class InstanceRecord:
     requested_procedure: str | None = None
 
     def __post_init__(self) -> None:
-        for name in (
-            "study_instance_uid",
-            "series_instance_uid",
-            "sop_instance_uid",
-            "sop_class_uid",
-            "transfer_syntax_uid",
-        ):
-            value = getattr(self, name)
-            if not isinstance(value, str) or not _UID_RE.match(value):
-                raise InvalidRecord(f"{name} is not a valid UID: {str(value)[:80]!r}")
         for name, n in (("image_position", 3), ("image_orientation", 6), ("pixel_spacing", 2)):
             value = getattr(self, name)
             if value is not None and (len(value) != n or not all(map(_finite, value))):

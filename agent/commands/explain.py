@@ -46,8 +46,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _from_folder(folder: Path, config: Path | None) -> list[Any]:
     from agent.config import load_settings
+    from agent.intake.folder import read_folder
     from agent.series.explain import decide_folder
-    from agent.series.facts import read_folder
 
     settings = load_settings(config, check_files=False)
     if not folder.is_dir():
@@ -80,9 +80,9 @@ def _from_database(uid: str, config: Path | None) -> tuple[list[Any], str | None
     """The decisions for ``uid``'s study, and ``uid`` itself when it names a series."""
     from sqlalchemy import select
 
+    from agent.intake.stored import study_facts_from_db
     from agent.runtime import open_runtime
     from agent.series.explain import JobNote, decide_stored
-    from agent.series.facts import study_facts_from_db
     from storage.models import Job, Series, Study
 
     runtime = open_runtime(config, migrate=False, check_files=False)

@@ -26,20 +26,15 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from agent.config import NodeSettings
+from agent.dicom.errors import BeyondLimits, InvalidIdentifier, UnreadableHeader
+from agent.dicom.header import read_header
+from agent.dicom.limits import DEFAULT_LIMITS, ReceiveLimits
+from agent.dicom.part10 import part10_prefix
+from agent.dicom.uid import is_valid_uid
+from agent.intake.record import instance_record
 from agent.logs import get_logger
 from agent.node import status
 from agent.node.guards import rejection_reason
-from agent.node.header import (
-    DEFAULT_LIMITS,
-    BeyondLimits,
-    InstanceHeader,
-    InvalidIdentifier,
-    ReceiveLimits,
-    UnreadableHeader,
-    is_valid_uid,
-    part10_prefix,
-    read_header,
-)
 from agent.node.transport import on_connection_open, on_dimse_received
 from storage.audit import audit
 from storage.errors import InvalidRecord, StorageError
@@ -274,7 +269,18 @@ class NodeHandlers:
             staged.sha256,
         )
         try:
-            record = self._instance_record(header, staged, rel_path, transfer_syntax, calling_ae)
+            record = instance_record(
+                header,
+                transfer_syntax_uid=str(transfer_syntax),
+                rel_path=rel_path,
+                size_bytes=staged.size,
+                sha256=staged.sha256,
+                calling_ae=calling_ae,
+                received_at=datetime.now(UTC),
+            )
+        except InvalidIdentifier as exc:
+            log.warning("instance refused", reason=str(exc), calling_ae=calling_ae)
+            return _refusal(status.INVALID_IDENTIFIER, str(exc))
         except InvalidRecord:
             # e.g. positions so large that their projection on the slice normal overflows
             log.warning("instance refused", reason="attributes cannot be recorded")
@@ -315,44 +321,6 @@ class NodeHandlers:
                 "series_instance_uid": record.series_instance_uid,
                 "sop_instance_uid": record.sop_instance_uid,
             },
-        )
-
-    @staticmethod
-    def _instance_record(
-        header: InstanceHeader,
-        staged: StagedFile,
-        rel_path: str,
-        transfer_syntax: UID,
-        calling_ae: str,
-    ) -> InstanceRecord:
-        return InstanceRecord(
-            study_instance_uid=header.study_instance_uid,
-            series_instance_uid=header.series_instance_uid,
-            sop_instance_uid=header.sop_instance_uid,
-            sop_class_uid=header.sop_class_uid,
-            transfer_syntax_uid=str(transfer_syntax),
-            modality=header.modality,
-            series_number=header.series_number,
-            series_description=header.series_description,
-            body_part_examined=header.body_part_examined,
-            study_date=header.study_date,
-            instance_number=header.instance_number,
-            image_position=header.image_position,
-            image_orientation=header.image_orientation,
-            pixel_spacing=header.pixel_spacing,
-            slice_thickness=header.slice_thickness,
-            slice_position=header.slice_position,
-            rel_path=rel_path,
-            size_bytes=staged.size,
-            sha256=staged.sha256,
-            calling_ae=calling_ae,
-            received_at=datetime.now(UTC),
-            study_description=header.study_description,
-            image_type=header.image_type,
-            protocol_name=header.protocol_name,
-            contrast_agent=header.contrast_agent,
-            requested_procedure=header.requested_procedure,
-            number_of_frames=header.number_of_frames,
         )
 
     def _commit(self, staged: StagedFile, record: InstanceRecord) -> int:

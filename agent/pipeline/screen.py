@@ -34,13 +34,13 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from agent.config import Settings
+from agent.intake.stored import facts_from_db
 from agent.logs import get_logger
 from agent.pipeline.model import ModelHolder
 from agent.report import Findings, ModelIdentity, ReportInputError, referral
 from agent.report.source import CarriedSource
 from agent.report.summary import KeyImage
 from agent.series.eligibility import CONTRAST_BY_IMAGE, ContrastByTags, contrast_by_tags
-from agent.series.facts import facts_from_db
 from storage.audit import audit
 from storage.files import InstanceStore
 from storage.models import Instance, Job, JobState, Report, Result, Series

@@ -22,6 +22,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from agent.config import Settings
+from agent.intake.stored import facts_from_db, study_facts_from_db
 from agent.logs import get_logger
 from agent.series.decision import (
     CHOSEN_STATES,
@@ -30,7 +31,7 @@ from agent.series.decision import (
     judge_series,
     place_in_study,
 )
-from agent.series.facts import SeriesFacts, facts_from_db, study_facts_from_db
+from agent.series.facts import SeriesFacts
 from storage.models import Job, JobState, Series
 from storage.types import utcnow
 

@@ -10,7 +10,7 @@ slice positions must also form a regular stack:
 - no gaps: a step close to k times the median means k - 1 missing slices;
 - no two different images at one position (one slice sent twice, e.g. under
   a new SOP Instance UID, is read once: see
-  :func:`~agent.series.facts.settle_repeats`), one orientation for all
+  :func:`~agent.intake.volume_checks.settle_repeats`), one orientation for all
   instances;
 - coverage: the stack spans at least ``min_coverage_mm``.
 

@@ -15,7 +15,7 @@ import resource
 import signal
 import subprocess
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import timedelta, timezone
 from pathlib import Path
 
@@ -55,8 +55,8 @@ def agent_db(tmp_path: Path, engine: Engine) -> AgentDb:
             uid = f"{STUDY}.{n}"
             record_instance(
                 s,
-                replace(
-                    make_record(n),
+                make_record(
+                    n,
                     study_instance_uid=STUDY,
                     series_instance_uid=uid,
                     sop_instance_uid=f"{uid}.1",

@@ -13,11 +13,11 @@ from pydicom.uid import ExplicitVRLittleEndian
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
-from agent.node.header import read_header
+from agent.dicom.header import read_header
+from agent.intake.stored import facts_from_db
 from agent.pipeline.screen import ClaimedJob, Screener
 from agent.pipeline.sweep import Sweeper
 from agent.series.eligibility import contrast_by_tags
-from agent.series.facts import facts_from_db
 from storage.db import make_session_factory
 from storage.models import Job, JobState
 from storage.queue import claim_jobs

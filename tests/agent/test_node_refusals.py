@@ -269,6 +269,31 @@ def test_deflated_dataset_is_inflated_under_the_cap(tmp_path: Path, sqlite_engin
         running.node.stop()
 
 
+# -- identifiers ------------------------------------------------------------------------
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
+def test_uids_outside_the_one_rule_are_refused(node: NodeUnderTest) -> None:
+    # Each was visible ASCII within 64 characters: recordable by storage's own former
+    # rule, never a UID (PS3.5 9.1). The header's check refuses them with 0xC212.
+    cases = [
+        ("StudyInstanceUID", "1.2.03"),
+        ("SeriesInstanceUID", "1.2.3."),
+        ("StudyInstanceUID", ".1.2"),
+        ("SeriesInstanceUID", "1.2.a"),
+        ("StudyInstanceUID", "1.2 3"),
+    ]
+    datasets = []
+    for keyword, uid in cases:
+        ds = one_slice()
+        setattr(ds, keyword, uid)
+        datasets.append(ds)
+    answers = send(node.port, datasets)
+    for (keyword, _), answer in zip(cases, answers, strict=True):
+        assert_refused(node, answer, 0xC212, f"{keyword} is not a valid UID")
+    assert [int(a.Status) for a in send(node.port, [one_slice()])] == [0x0000]
+
+
 # -- every refusal cleans up at once (row 20) -------------------------------------------
 
 

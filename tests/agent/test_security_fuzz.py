@@ -36,7 +36,8 @@ from pydicom.uid import (
 from pynetdicom import AE, _config
 from sqlalchemy.engine import Engine
 
-from agent.node.header import UnreadableHeader, read_header
+from agent.dicom.errors import UnreadableHeader
+from agent.dicom.header import read_header
 from tests.agent.conftest import NODE_AET, NodeUnderTest, start_test_node
 from tests.agent.security_support import associate_rq, echo, pdu_header, raw_connect, store_one
 from tests.agent.test_node import encoded_body, explicit_le, part10_file, uid_value

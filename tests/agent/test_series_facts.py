@@ -11,17 +11,10 @@ import pytest
 from pydicom.uid import EnhancedCTImageStorage, generate_uid
 
 from agent.config import CompletenessSettings
+from agent.intake.folder import COPY, NOT_DICOM, facts_from_files, read_files
+from agent.intake.stored import SeriesNotFound, facts_from_db, study_facts_from_db
 from agent.series.completeness import judge_completeness
-from agent.series.facts import (
-    COPY,
-    NOT_DICOM,
-    SeriesFacts,
-    SeriesNotFound,
-    facts_from_db,
-    facts_from_files,
-    read_files,
-    study_facts_from_db,
-)
+from agent.series.facts import SeriesFacts
 from tests.agent.conftest import NodeUnderTest
 from tests.agent.test_node import scu_send
 from tests.core.synthetic_series import Grid, make_enhanced

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from datetime import timedelta
 
 import pytest
@@ -36,8 +35,8 @@ def add_series(engine: Engine, number: int, n: int, thickness: float = 2.5, skip
             if i == skip:
                 continue
             z = -thickness * i
-            rec = replace(
-                make_record(i), study_instance_uid=STUDY, series_instance_uid=uid,
+            rec = make_record(
+                i, study_instance_uid=STUDY, series_instance_uid=uid,
                 sop_instance_uid=f"{uid}.{i}", series_number=number, slice_thickness=thickness,
                 image_position=(-200.0, -200.0, z), slice_position=z,
                 image_type="ORIGINAL\\PRIMARY\\AXIAL", **attrs,
@@ -71,7 +70,7 @@ def test_a_gap_waits_then_is_recorded_incomplete(engine: Engine) -> None:
     job = job_of(engine, uid)
     assert job.state == JobState.INCOMPLETE and "missing" in (job.reason or "")
     # The missing slice arrives after all (a resumed transfer): decided again, now complete.
-    late = replace(make_record(20), study_instance_uid=STUDY, series_instance_uid=uid,
+    late = make_record(20, study_instance_uid=STUDY, series_instance_uid=uid,
                    sop_instance_uid=f"{uid}.20", series_number=3,
                    image_type="ORIGINAL\\PRIMARY\\AXIAL",
                    received_at=T0 + timedelta(seconds=3000))  # fmt: skip
@@ -105,7 +104,7 @@ def test_late_instances_follow_the_policy(engine: Engine, policy: str, expected:
     with sessions.begin() as s:
         job = s.scalars(select(Job)).one()
         job.state = JobState.DONE  # screened meanwhile
-    late = replace(make_record(31), study_instance_uid=STUDY, series_instance_uid=uid,
+    late = make_record(31, study_instance_uid=STUDY, series_instance_uid=uid,
                    sop_instance_uid=f"{uid}.31", image_type="ORIGINAL\\PRIMARY\\AXIAL",
                    received_at=T0 + timedelta(days=3650))  # fmt: skip
     with sessions.begin() as s:

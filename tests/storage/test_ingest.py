@@ -235,8 +235,6 @@ def test_long_descriptive_values_are_cut_to_fit(session: Session, record: Record
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"sop_instance_uid": "1." * 40}, "sop_instance_uid"),
-        ({"series_instance_uid": ""}, "series_instance_uid"),
         ({"image_orientation": (1.0, 0.0, 0.0)}, "image_orientation"),
         ({"slice_position": float("nan")}, "slice_position"),
         ({"sha256": "abc"}, "sha256"),
@@ -245,8 +243,9 @@ def test_long_descriptive_values_are_cut_to_fit(session: Session, record: Record
     ],
 )
 def test_invalid_records_are_refused(overrides: dict[str, object], message: str) -> None:
+    # What the columns and the file store cannot hold; UIDs are the agent's to check.
     with pytest.raises(InvalidRecord, match=message):
-        make_record(1, **overrides)
+        replace(make_record(1), **overrides)
 
 
 def test_record_refuses_unknown_policy(session: Session, record: RecordFactory) -> None:
