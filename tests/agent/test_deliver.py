@@ -216,14 +216,16 @@ class SlowPacs:
         self.received: list[str] = []
         ae = AE("PACS")
         ae.add_supported_context(ComprehensiveSRStorage, [ExplicitVRLittleEndian])
-        self.server = ae.start_server(
+        server = ae.start_server(
             ("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, self._store)]
         )
+        assert server is not None
+        self.server = server
         self.port = int(self.server.server_address[1])
 
     def _store(self, event: evt.Event) -> int:
         time.sleep(self.delay)
-        self.received.append(str(event.request.AffectedSOPInstanceUID))
+        self.received.append(str(event.dataset.SOPInstanceUID))
         return 0
 
     def stop(self) -> None:
