@@ -29,7 +29,6 @@ from pydicom.filereader import read_file_meta_info
 from pydicom.uid import UID, ImplicitVRLittleEndian
 from pynetdicom import _config as pynetdicom_config
 from pynetdicom.association import Association
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from agent.config import Destination, Settings
@@ -108,7 +107,7 @@ class Deliverer:
         try:
             with self.sessions.begin() as session:
                 renewed = renew_reports(session, self.worker, held)
-        except SQLAlchemyError as exc:  # the database may come back before the lease runs out
+        except Exception as exc:  # the heartbeat goes on: the database may come back in time
             log.warning("delivery leases not renewed", reports=len(held), error=type(exc).__name__)
             return
         # One settled between held() and the renewal is not lost, only done.

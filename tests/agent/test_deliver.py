@@ -11,6 +11,7 @@ PACS that two senders share.
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import threading
 import time
@@ -34,7 +35,7 @@ from pydicom.uid import (
 from pynetdicom import AE, evt
 from pynetdicom.dsutils import split_dataset
 from pynetdicom.sop_class import ComprehensiveSRStorage  # type: ignore[attr-defined]
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from agent.config import Settings
@@ -308,3 +309,32 @@ def test_a_dead_senders_delivery_is_taken_over_once_its_lease_lapses(
         report = agent.report(report_id)
     assert pacs.received == [uid]
     assert (report.state, report.attempts) == (ReportState.SENT, 2)
+
+
+def test_resend_refuses_a_live_delivery_and_requeues_a_lapsed_one(tmp_path: Path) -> None:
+    with make_agent(tmp_path, 104, lease=60.0, renew=20.0) as agent:
+        report_id, _, uid = agent.pending_report()
+        cfg = str(tmp_path / "agent.toml")
+
+        def resend() -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [sys.executable, "-m", "agent", "reports", "resend", uid, "--config", cfg],
+                capture_output=True, text=True, cwd=ROOT, timeout=60,
+            )  # fmt: skip
+
+        with agent.sessions.begin() as s:  # a live sender holds it
+            claim_reports(s, "alive", limit=5)
+        live = resend()
+        assert live.returncode != 0
+        assert "being sent right now" in live.stderr and "Traceback" not in live.stderr
+        assert agent.report(report_id).claimed_by == "alive"
+        with agent.sessions.begin() as s:  # its sender stopped renewing a minute ago
+            s.execute(
+                update(Report)
+                .where(Report.id == report_id)
+                .values(claimed_at=utcnow() - timedelta(seconds=61))
+            )
+        lapsed = resend()
+        assert lapsed.returncode == 0, lapsed.stderr
+        report = agent.report(report_id)
+    assert (report.state, report.claimed_by, report.attempts) == (ReportState.PENDING, None, 0)

@@ -192,10 +192,17 @@ def with_destination(cfg: Path, port: int) -> Path:
     return cfg
 
 
+@pytest.fixture
+def sqlite_shared(tmp_path: Path) -> tuple[str, Engine]:
+    """One SQLite database (the queue's claims on PostgreSQL are tested in storage)."""
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    return url, create_engine(url)
+
+
 def test_a_killed_senders_deliveries_are_taken_over_once_their_leases_lapse(
-    tmp_path: Path, checkpoint: Path, shared: tuple[str, Engine]
+    tmp_path: Path, checkpoint: Path, sqlite_shared: tuple[str, Engine]
 ) -> None:
-    url, db = shared
+    url, db = sqlite_shared
     pacs = Pacs(hang_first=True)
     cfg = with_destination(config(tmp_path, checkpoint, url, lease=3.0, renew=1.0), pacs.port)
     first = Serve(cfg)
@@ -228,9 +235,9 @@ def test_a_killed_senders_deliveries_are_taken_over_once_their_leases_lapse(
 
 
 def test_a_slow_pacs_gets_each_report_once_from_agents_sharing_the_queue(
-    tmp_path: Path, checkpoint: Path, shared: tuple[str, Engine]
+    tmp_path: Path, checkpoint: Path, sqlite_shared: tuple[str, Engine]
 ) -> None:
-    url, db = shared
+    url, db = sqlite_shared
     pacs = Pacs(delay=2.5)  # three reports: several leases of 2 s each
     cfg = with_destination(config(tmp_path, checkpoint, url, lease=2.0, renew=0.5), pacs.port)
     agents = [Serve(cfg)]
