@@ -146,13 +146,16 @@ def run_requeue(args: argparse.Namespace) -> int:
     from agent.runtime import open_runtime
     from storage.audit import audit
     from storage.models import JobState
-    from storage.queue import requeue_job
+    from storage.queue import JOBS, requeue_job
 
     runtime = open_runtime(args.config, migrate=False, check_files=False)
     try:
         with runtime.sessions.begin() as session:
             jobs = [_find(session, ref) for ref in args.jobs]
+            # A running job whose lease lapsed has no live worker: it may be queued again.
+            lease = runtime.settings.pipeline.lease_seconds
             busy = [j for j in jobs if j.state in (JobState.RUNNING, JobState.RECEIVING)]
+            busy = [j for j in busy if not JOBS.lease_lapsed(j, lease)]
             if busy:
                 raise AgentError(f"job {busy[0].id} is {busy[0].state}; wait for it to settle")
             for job in jobs:

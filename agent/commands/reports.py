@@ -28,6 +28,7 @@ def run_resend(args: argparse.Namespace) -> int:
     from agent.runtime import open_runtime
     from storage.audit import audit
     from storage.models import Job, Report, ReportState, Series
+    from storage.queue import DELIVERIES
 
     runtime = open_runtime(args.config, migrate=False, check_files=False)
     try:
@@ -49,14 +50,14 @@ def run_resend(args: argparse.Namespace) -> int:
             reports = list(session.scalars(stmt))
             if not reports:
                 raise AgentError(f"no report for {args.uid!r}")
+            # A sending report whose lease lapsed has no live sender: queue it again.
+            lease = runtime.settings.pipeline.lease_seconds
             busy = [r for r in reports if r.state == ReportState.SENDING]
+            busy = [r for r in busy if not DELIVERIES.lease_lapsed(r, lease)]
             if busy:
                 raise AgentError(f"report {busy[0].id} is being sent right now; try again shortly")
             for report in reports:
-                report.state = ReportState.PENDING
-                report.attempts = 0
-                report.next_attempt_at = None
-                report.last_error = None
+                DELIVERIES.requeue(session, report)
                 audit(
                     session,
                     "admin",

@@ -71,9 +71,10 @@ class Pipeline:
         self._heartbeat = threading.Thread(target=self._beat, name="lease-heartbeat", daemon=True)
 
     def _beat(self) -> None:
-        """Renew the leases of the batch in progress until the pipeline stops."""
+        """Renew the leases of the batch and the deliveries in progress until the pipeline stops."""
         every = self.settings.pipeline.lease_renew_seconds
         while not self._stopping.wait(every):
+            self.deliverer.renew_leases()
             held = self.screener.held()
             if not held:
                 continue
@@ -163,7 +164,7 @@ class Pipeline:
                 reports = release_reports(session, self.worker)
         except SQLAlchemyError as exc:
             # The database is gone: what this process holds is taken over once its
-            # leases lapse (deliveries once their claim is stale); the caller says so.
+            # leases lapse; the caller says so.
             self.release_error = type(exc).__name__
             return idle
         if jobs or reports:
