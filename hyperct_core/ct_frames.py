@@ -66,22 +66,55 @@ class Frame:
 
 @dataclass(frozen=True)
 class FullDataset:
-    """An instance with its Pixel Data: the dataset given, or its file read again."""
+    """An instance with its Pixel Data: the dataset given, or its file's pixels read.
+
+    Where the header was read up to Pixel Data (``pixel_offset``), only the
+    rest of the file is read and joined to that header, so no attribute is
+    parsed twice; a deflated file (PS3.5 A.5) cannot be entered midway and is
+    read whole again.
+    """
 
     path: Path | None
     dataset: Dataset | None
     file_size: int = 0
+    header: Dataset | None = None
+    pixel_offset: int | None = None
 
     def __call__(self) -> Dataset:
         if self.dataset is not None:
             return self.dataset
         assert self.path is not None
         try:
+            if self.header is not None and self.pixel_offset is not None:
+                return _joined(self.header, self.path, self.pixel_offset)
             return pydicom.dcmread(self.path)
-        except (OSError, InvalidDicomError) as exc:
+        except (OSError, InvalidDicomError, ValueError, struct.error) as exc:
             raise PreprocessError(
                 f"cannot read DICOM file {self.path.name}: {first_line(exc)}"
             ) from None
+
+
+def _joined(header: Dataset, path: Path, offset: int) -> Dataset:
+    """``header`` with the elements from ``offset`` on (Pixel Data and any after it).
+
+    A new dataset: the header stays without pixels (a decoded image is cached
+    on the dataset that decodes it).
+    """
+    implicit, little = header.original_encoding
+    with path.open("rb") as fp:
+        fp.seek(offset)
+        rest = read_dataset(fp, bool(implicit), bool(little))
+    full = FileDataset(
+        str(path),
+        Dataset(),
+        file_meta=header.file_meta,
+        is_implicit_VR=bool(implicit),
+        is_little_endian=bool(little),
+    )
+    full.update(header)
+    full.update(rest)
+    full.set_original_encoding(implicit, little, header.original_character_set)
+    return full
 
 
 def read_source(item: DatasetOrPath, index: int) -> tuple[Dataset, FullDataset]:
@@ -91,7 +124,8 @@ def read_source(item: DatasetOrPath, index: int) -> tuple[Dataset, FullDataset]:
     if isinstance(item, str | os.PathLike):
         path = Path(item)
         try:
-            return _read_header(path), FullDataset(path, None, path.stat().st_size)
+            header, offset = _read_header(path)
+            return header, FullDataset(path, None, path.stat().st_size, header, offset)
         except (OSError, InvalidDicomError, ValueError, zlib.error, struct.error) as exc:
             raise PreprocessError(
                 f"cannot read DICOM file {path.name}: {first_line(exc)}"
@@ -101,11 +135,12 @@ def read_source(item: DatasetOrPath, index: int) -> tuple[Dataset, FullDataset]:
     )
 
 
-def _read_header(path: Path) -> Dataset:
+def _read_header(path: Path) -> tuple[Dataset, int | None]:
     """A Part 10 file's attributes before Pixel Data (PS3.10 7.1), without reading pixels.
 
-    A deflated dataset (PS3.5 A.5) is inflated only as far as its header reaches:
-    pydicom would inflate all of it, pixels included.
+    Returns the header and where Pixel Data starts in the file (None when
+    deflated). A deflated dataset (PS3.5 A.5) is inflated only as far as its
+    header reaches: pydicom would inflate all of it, pixels included.
     """
     # One open: the meta group says how to read the rest.
     with path.open("rb") as fp:
@@ -113,7 +148,8 @@ def _read_header(path: Path) -> Dataset:
         meta = _read_file_meta_info(fp)
         if meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
             fp.seek(0)
-            return pydicom.dcmread(fp, stop_before_pixels=True)
+            header = pydicom.dcmread(fp, stop_before_pixels=True)
+            return header, fp.tell()  # pydicom stops at the Pixel Data tag
         fp.seek(132)
         head = fp.read(12)
         if len(head) < 12 or head[:6] != b"\x02\x00\x00\x00UL":
@@ -134,7 +170,7 @@ def _read_header(path: Path) -> Dataset:
         stop_when=lambda tag, vr, length: tag >= 0x7FE00010,
     )
     header = FileDataset(str(path), ds, file_meta=meta, is_implicit_VR=False)
-    return header
+    return header, None
 
 
 def label_of(ds: Dataset, index: int) -> str:
