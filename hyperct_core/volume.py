@@ -222,12 +222,13 @@ def read_series(
     RescaleSlope/RescaleIntercept (PS3.3 C.8.2.1, CT Image Module). Enhanced CT
     multi-frame images are read through their functional groups (PS3.3 C.7.6.16).
 
-    Files are read twice: their headers first (never the pixels), then one file at a
-    time for its pixels, which go straight into the volume in its final orientation.
-    Memory therefore peaks at the volume plus one instance, which the headers tell
-    before anything is decoded; ``max_bytes`` bounds that estimate. The headers
-    are returned with the volume, so a caller that needs them (the reports cite
-    every image) reads no file again.
+    Each file is opened twice and parsed once: its header first (up to Pixel Data),
+    then, one file at a time, the rest of it for the pixels, which go straight into
+    the volume in its final orientation (a deflated file is read whole the second
+    time). Memory therefore peaks at the volume plus one instance, which the
+    headers tell before anything is decoded; ``max_bytes`` bounds that estimate.
+    The headers are returned with the volume, so a caller that needs them (the
+    reports cite every image) reads no file again.
 
     Args:
         datasets_or_paths: pydicom datasets and/or paths of DICOM files, in any order.
