@@ -15,7 +15,7 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
-from pydicom.uid import DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless
 
 from hyperct_core.errors import PreprocessError
 from hyperct_core.volume import read_series, volume_from_datasets
@@ -32,7 +32,7 @@ def write(datasets: list[Dataset], folder: Path, syntax: str | None = None) -> l
         if syntax == RLELossless:
             ds.compress(RLELossless)
         elif syntax is not None:
-            ds.file_meta.TransferSyntaxUID = syntax
+            ds.file_meta.TransferSyntaxUID = UID(syntax)
         ds.DataSetTrailingPadding = b"\x00\x00"  # an element after Pixel Data is kept out
         path = folder / f"{k:04d}.dcm"
         ds.save_as(path, enforce_file_format=True)
