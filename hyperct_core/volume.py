@@ -21,29 +21,41 @@ fixed-size resize that follows ignores spacing anyway).
 
 from __future__ import annotations
 
-import io
 import itertools
-import os
-import struct
-import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
-import pydicom
-from pydicom.dataset import Dataset, FileDataset
-from pydicom.encaps import generate_fragmented_frames
-from pydicom.errors import InvalidDicomError
-from pydicom.filereader import read_dataset, read_file_meta_info
-from pydicom.uid import DeflatedExplicitVRLittleEndian
+from pydicom.dataset import Dataset
 
-from hyperct_core.decoders import register as _register_decoders
+from hyperct_core.ct_frames import (
+    DatasetOrPath,
+    Frame,
+    FullDataset,
+    frames_of,
+    instance_label,
+    label_of,
+    read_source,
+)
 from hyperct_core.errors import PreprocessError
 
-# 12-bit JPEG Extended (lossy CT) decodes through hyperct_core.decoders' plugin.
-_register_decoders()
+__all__ = [
+    "CANONICAL_ORIENTATION",
+    "DUPLICATE_MM",
+    "DatasetOrPath",
+    "HUVolume",
+    "SeriesRead",
+    "SeriesTooLarge",
+    "check_geometry",
+    "describe_orientation",
+    "parse_orientation",
+    "read_series",
+    "reading_bytes",
+    "same_images",
+    "volume_from_array",
+    "volume_from_datasets",
+]
 
 CANONICAL_ORIENTATION = "LPS"
 
@@ -58,15 +70,6 @@ _NAMES = {
     "I": "inferior",
 }
 
-# PS3.4 B.5: CT Image, Enhanced CT Image, Legacy Converted Enhanced CT Image Storage.
-CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
-ENHANCED_CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2.1"
-LEGACY_CONVERTED_ENHANCED_CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2.2"
-_CT_SOP_CLASSES = frozenset(
-    {CT_IMAGE_STORAGE, ENHANCED_CT_IMAGE_STORAGE, LEGACY_CONVERTED_ENHANCED_CT_IMAGE_STORAGE}
-)
-
-DatasetOrPath = Dataset | str | os.PathLike[str]
 
 # Tolerances for header geometry, which scanners write as decimal strings (DS).
 _COSINE_TOL = 1e-3  # direction cosines that differ by less are the same orientation
@@ -74,8 +77,6 @@ _COSINE_TOL = 1e-3  # direction cosines that differ by less are the same orienta
 # decimal strings with a few decimals, PS3.5 6.2 DS); the agent's completeness
 # check uses the same value.
 DUPLICATE_MM = 0.01
-# Attributes before Pixel Data of any real instance fit well within this, inflated.
-_MAX_INFLATED_HEADER = 16 << 20
 
 
 class SeriesTooLarge(PreprocessError):
@@ -178,6 +179,15 @@ def volume_from_array(
     return HUVolume(_readonly(array), spacing_mm, orientation)  # type: ignore[arg-type]
 
 
+class SeriesRead(NamedTuple):
+    """A series read for screening: its volume and the headers read on the way."""
+
+    volume: HUVolume
+    #: One per item given, in the same order: the header read from a file
+    #: (attributes before Pixel Data only), or the dataset itself.
+    headers: list[Dataset]
+
+
 def volume_from_datasets(
     datasets_or_paths: Iterable[DatasetOrPath],
     orientation: str = CANONICAL_ORIENTATION,
@@ -186,7 +196,25 @@ def volume_from_datasets(
     max_bytes: int | None = None,
     extra_bytes: int = 0,
 ) -> HUVolume:
-    """Build a HU volume from the images of one CT series.
+    """Build a HU volume from the images of one CT series (:func:`read_series`)."""
+    return read_series(
+        datasets_or_paths,
+        orientation,
+        spacing_tolerance=spacing_tolerance,
+        max_bytes=max_bytes,
+        extra_bytes=extra_bytes,
+    ).volume
+
+
+def read_series(
+    datasets_or_paths: Iterable[DatasetOrPath],
+    orientation: str = CANONICAL_ORIENTATION,
+    *,
+    spacing_tolerance: float = 0.2,
+    max_bytes: int | None = None,
+    extra_bytes: int = 0,
+) -> SeriesRead:
+    """Build a HU volume from the images of one CT series; keep the headers read.
 
     Slices are ordered by ImagePositionPatient projected on the slice normal, the cross
     product of the ImageOrientationPatient row and column cosines (PS3.3 C.7.6.2.1.1);
@@ -194,10 +222,13 @@ def volume_from_datasets(
     RescaleSlope/RescaleIntercept (PS3.3 C.8.2.1, CT Image Module). Enhanced CT
     multi-frame images are read through their functional groups (PS3.3 C.7.6.16).
 
-    Files are read twice: their headers first (never the pixels), then one file at a
-    time for its pixels, which go straight into the volume in its final orientation.
-    Memory therefore peaks at the volume plus one instance, which the headers tell
-    before anything is decoded; ``max_bytes`` bounds that estimate.
+    Each file is opened twice and parsed once: its header first (up to Pixel Data),
+    then, one file at a time, the rest of it for the pixels, which go straight into
+    the volume in its final orientation (a deflated file is read whole the second
+    time). Memory therefore peaks at the volume plus one instance, which the
+    headers tell before anything is decoded; ``max_bytes`` bounds that estimate.
+    The headers are returned with the volume, so a caller that needs them (the
+    reports cite every image) reads no file again.
 
     Args:
         datasets_or_paths: pydicom datasets and/or paths of DICOM files, in any order.
@@ -213,7 +244,7 @@ def volume_from_datasets(
         PreprocessError: The series cannot become one volume; the message says why.
     """
     parse_orientation(orientation)
-    sources = [_source(item, i) for i, item in enumerate(datasets_or_paths)]
+    sources = [read_source(item, i) for i, item in enumerate(datasets_or_paths)]
     stack = _stack(sources, spacing_tolerance, max_bytes=max_bytes, extra_bytes=extra_bytes)
     frames, order, first, gap = stack.frames, stack.order, stack.frames[0], stack.gap
     normal, row_cos, col_cos = stack.normal, stack.row_cos, stack.col_cos
@@ -244,10 +275,11 @@ def volume_from_datasets(
         if frame.intercept != 0.0:
             out += frame.intercept
     new_spacing = tuple(float(spacing[i]) for i in transpose)
-    return HUVolume(_readonly(array), new_spacing, orientation)  # type: ignore[arg-type]
+    volume = HUVolume(_readonly(array), new_spacing, orientation)  # type: ignore[arg-type]
+    return SeriesRead(volume, [header for header, _ in sources])
 
 
-def reading_bytes(frames: Sequence[_Frame], sources: Sequence[tuple[Dataset, Any]]) -> int:
+def reading_bytes(frames: Sequence[Frame], sources: Sequence[tuple[Dataset, Any]]) -> int:
     """Memory that reading a series needs, from its headers alone.
 
     The float32 volume, plus the largest instance while it is decoded: its file
@@ -282,15 +314,15 @@ def check_geometry(
     Raises:
         PreprocessError: The series cannot become one volume; the message says why.
     """
-    sources = [_source(item, i) for i, item in enumerate(datasets_or_paths)]
+    sources = [read_source(item, i) for i, item in enumerate(datasets_or_paths)]
     # Named by Instance Number, not file name: the same series reads the same
     # wherever its files are kept.
-    _stack(sources, spacing_tolerance, _instance_label)
+    _stack(sources, spacing_tolerance, instance_label)
 
 
 @dataclass(frozen=True)
 class _Stack:
-    frames: list[_Frame]  # without repeats
+    frames: list[Frame]  # without repeats
     order: np.ndarray  # indices of ``frames`` ascending along the normal
     normal: np.ndarray
     row_cos: np.ndarray
@@ -299,7 +331,7 @@ class _Stack:
 
 
 def _stack(
-    sources: list[tuple[Dataset, _FullDataset]],
+    sources: list[tuple[Dataset, FullDataset]],
     spacing_tolerance: float,
     label: Callable[[Dataset, int], str] | None = None,
     *,
@@ -317,9 +349,9 @@ def _stack(
     series = {str(ds.SeriesInstanceUID) for ds in datasets if "SeriesInstanceUID" in ds}
     if len(series) > 1:
         raise PreprocessError(f"the datasets come from {len(series)} different series")
-    name = label or _label
+    name = label or label_of
     frames = [
-        frame for i, (ds, full) in enumerate(sources) for frame in _frames(ds, name(ds, i), full)
+        frame for i, (ds, full) in enumerate(sources) for frame in frames_of(ds, name(ds, i), full)
     ]
     if len(frames) < 2:
         raise PreprocessError(
@@ -380,9 +412,11 @@ def same_images(datasets_or_paths: Sequence[DatasetOrPath]) -> bool:
     Raises:
         PreprocessError: An image cannot be read or decoded.
     """
-    sources = [_source(item, i) for i, item in enumerate(datasets_or_paths)]
+    sources = [read_source(item, i) for i, item in enumerate(datasets_or_paths)]
     frames = [
-        frame for i, (ds, full) in enumerate(sources) for frame in _frames(ds, _label(ds, i), full)
+        frame
+        for i, (ds, full) in enumerate(sources)
+        for frame in frames_of(ds, label_of(ds, i), full)
     ]
     return all(_same_image(frames[0], frame) for frame in frames[1:])
 
@@ -390,7 +424,7 @@ def same_images(datasets_or_paths: Sequence[DatasetOrPath]) -> bool:
 # --------------------------------------------------------------------------- internals
 
 
-def _same_image(a: _Frame, b: _Frame) -> bool:
+def _same_image(a: Frame, b: Frame) -> bool:
     if (a.rows, a.columns) != (b.rows, b.columns):
         return False
     if not np.allclose(a.orientation, b.orientation, atol=_COSINE_TOL):
@@ -400,7 +434,7 @@ def _same_image(a: _Frame, b: _Frame) -> bool:
     return bool(np.array_equal(hu_a, hu_b))
 
 
-def _drop_repeats(frames: list[_Frame], along: Sequence[float]) -> list[_Frame]:
+def _drop_repeats(frames: list[Frame], along: Sequence[float]) -> list[Frame]:
     """Frames without repeats: at a shared position, one copy of one image is kept.
 
     Different images at one position cannot be ordered into a volume and are refused.
@@ -422,307 +456,7 @@ def _drop_repeats(frames: list[_Frame], along: Sequence[float]) -> list[_Frame]:
     return [frame for i, frame in enumerate(frames) if i not in drop]
 
 
-@dataclass(frozen=True)
-class _Frame:
-    """One 2-D image of the series with the header facts the volume needs."""
-
-    label: str
-    position: np.ndarray  # ImagePositionPatient, mm
-    orientation: np.ndarray  # ImageOrientationPatient, 6 cosines
-    pixel_spacing: tuple[float, float]  # (between rows, between columns), mm
-    rows: int
-    columns: int
-    slope: float
-    intercept: float
-    pixels: Callable[[], np.ndarray]  # stored values, shape (rows, columns)
-
-
-@dataclass(frozen=True)
-class _FullDataset:
-    """An instance with its Pixel Data: the dataset given, or its file read again."""
-
-    path: Path | None
-    dataset: Dataset | None
-    file_size: int = 0
-
-    def __call__(self) -> Dataset:
-        if self.dataset is not None:
-            return self.dataset
-        assert self.path is not None
-        try:
-            return pydicom.dcmread(self.path)
-        except (OSError, InvalidDicomError) as exc:
-            raise PreprocessError(
-                f"cannot read DICOM file {self.path.name}: {_first_line(exc)}"
-            ) from None
-
-
-def _source(item: DatasetOrPath, index: int) -> tuple[Dataset, _FullDataset]:
-    """The header to plan with, and how to get the pixels later."""
-    if isinstance(item, Dataset):
-        return item, _FullDataset(None, item)
-    if isinstance(item, str | os.PathLike):
-        path = Path(item)
-        try:
-            return _read_header(path), _FullDataset(path, None, path.stat().st_size)
-        except (OSError, InvalidDicomError, ValueError, zlib.error, struct.error) as exc:
-            raise PreprocessError(
-                f"cannot read DICOM file {path.name}: {_first_line(exc)}"
-            ) from None
-    raise PreprocessError(
-        f"item {index} of the series is a {type(item).__name__}, not a pydicom Dataset or a path"
-    )
-
-
-def _read_header(path: Path) -> Dataset:
-    """A Part 10 file's attributes before Pixel Data (PS3.10 7.1), without reading pixels.
-
-    A deflated dataset (PS3.5 A.5) is inflated only as far as its header reaches:
-    pydicom would inflate all of it, pixels included.
-    """
-    meta = read_file_meta_info(path)
-    if meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
-        return pydicom.dcmread(path, stop_before_pixels=True)
-    with path.open("rb") as fp:
-        fp.seek(132)
-        head = fp.read(12)
-        if len(head) < 12 or head[:6] != b"\x02\x00\x00\x00UL":
-            raise InvalidDicomError("no File Meta Information Group Length")
-        (group_length,) = struct.unpack("<I", head[8:12])
-        fp.seek(144 + group_length)
-        inflater = zlib.decompressobj(wbits=-zlib.MAX_WBITS)
-        inflated = bytearray()
-        while len(inflated) < _MAX_INFLATED_HEADER and not inflater.eof:
-            chunk = inflater.unconsumed_tail or fp.read(1 << 16)
-            if not chunk:
-                break
-            inflated += inflater.decompress(chunk, _MAX_INFLATED_HEADER - len(inflated))
-    ds = read_dataset(
-        io.BytesIO(bytes(inflated)),
-        False,
-        True,
-        stop_when=lambda tag, vr, length: tag >= 0x7FE00010,
-    )
-    header = FileDataset(str(path), ds, file_meta=meta, is_implicit_VR=False)
-    return header
-
-
-def _label(ds: Dataset, index: int) -> str:
-    filename = getattr(ds, "filename", None)
-    if isinstance(filename, str | os.PathLike) and filename:
-        return f"file {Path(filename).name}"
-    instance = ds.get("InstanceNumber")
-    return f"dataset {index}" + (f" (InstanceNumber {instance})" if instance is not None else "")
-
-
-def _instance_label(ds: Dataset, index: int) -> str:
-    instance = ds.get("InstanceNumber")
-    return f"instance {instance}" if instance is not None else f"object {index + 1}"
-
-
-def _frames(ds: Dataset, label: str, full: _FullDataset) -> list[_Frame]:
-    modality = ds.get("Modality")
-    if modality != "CT":
-        raise PreprocessError(f"{label} has Modality {modality!r}; only CT series can be screened")
-    sop_class = ds.get("SOPClassUID")
-    if sop_class is not None and str(sop_class) not in _CT_SOP_CLASSES:
-        raise PreprocessError(
-            f"{label} is SOP class {sop_class} ({getattr(sop_class, 'name', '?')}), "
-            "not a CT image storage class"
-        )
-    if full.dataset is not None and "PixelData" not in ds:  # a file's is checked when read
-        raise PreprocessError(f"{label} has no pixel data")
-    if int(ds.get("SamplesPerPixel", 1)) != 1:
-        raise PreprocessError(f"{label} is not a greyscale image (SamplesPerPixel != 1)")
-    rows, columns = _required(ds, "Rows", label), _required(ds, "Columns", label)
-    if "PerFrameFunctionalGroupsSequence" in ds or str(sop_class) in (
-        ENHANCED_CT_IMAGE_STORAGE,
-        LEGACY_CONVERTED_ENHANCED_CT_IMAGE_STORAGE,
-    ):
-        return _enhanced_frames(ds, label, int(rows), int(columns), full)
-    if int(ds.get("NumberOfFrames", 1) or 1) != 1:
-        raise PreprocessError(f"{label} is multi-frame but has no per-frame functional groups")
-    return [
-        _Frame(
-            label=label,
-            position=_vector(_required(ds, "ImagePositionPatient", label), 3, label),
-            orientation=_vector(_required(ds, "ImageOrientationPatient", label), 6, label),
-            pixel_spacing=_spacing(_required(ds, "PixelSpacing", label), label),
-            rows=int(rows),
-            columns=int(columns),
-            slope=float(_required(ds, "RescaleSlope", label)),
-            intercept=float(_required(ds, "RescaleIntercept", label)),
-            pixels=lambda: _decode(full(), label),
-        )
-    ]
-
-
-def _enhanced_frames(
-    ds: Dataset, label: str, rows: int, columns: int, full: _FullDataset
-) -> list[_Frame]:
-    """Frames of an Enhanced CT image (PS3.3 A.38, functional groups C.7.6.16)."""
-    count = int(ds.get("NumberOfFrames", 0) or 0)
-    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
-    if count < 1 or per_frame is None or len(per_frame) != count:
-        raise PreprocessError(
-            f"{label}: multi-frame image with NumberOfFrames {count} and "
-            f"{0 if per_frame is None else len(per_frame)} per-frame functional groups"
-        )
-    shared_seq = ds.get("SharedFunctionalGroupsSequence")
-    shared = shared_seq[0] if shared_seq else Dataset()
-    cache: list[np.ndarray] = []
-    taken = [0]
-
-    def frame_pixels(k: int) -> np.ndarray:
-        if not cache:
-            decoded = _decode(full(), label)
-            cache.append(decoded.reshape(count, rows, columns) if decoded.ndim == 2 else decoded)
-        frame = cache[0][k]
-        taken[0] += 1
-        if taken[0] == count:  # every frame is in the volume: let the decoded image go
-            cache.clear()
-        return frame
-
-    def attr(groups: Dataset, sequence: str, keyword: str, where: str) -> Any:
-        # A functional group sits either in the frame's item or in the shared item.
-        for item in (groups, shared):
-            seq = item.get(sequence)
-            if seq and keyword in seq[0]:
-                return seq[0][keyword].value
-        raise PreprocessError(f"{where} lacks {keyword} (in {sequence})")
-
-    frames = []
-    for k, groups in enumerate(per_frame):
-        where = f"{label} frame {k + 1}"
-        frames.append(
-            _Frame(
-                label=where,
-                position=_vector(
-                    attr(groups, "PlanePositionSequence", "ImagePositionPatient", where), 3, where
-                ),
-                orientation=_vector(
-                    attr(groups, "PlaneOrientationSequence", "ImageOrientationPatient", where),
-                    6,
-                    where,
-                ),
-                pixel_spacing=_spacing(
-                    attr(groups, "PixelMeasuresSequence", "PixelSpacing", where), where
-                ),
-                rows=rows,
-                columns=columns,
-                slope=float(
-                    attr(groups, "PixelValueTransformationSequence", "RescaleSlope", where)
-                ),
-                intercept=float(
-                    attr(groups, "PixelValueTransformationSequence", "RescaleIntercept", where)
-                ),
-                pixels=lambda k=k: frame_pixels(k),  # type: ignore[misc]
-            )
-        )
-    return frames
-
-
-def _required(ds: Dataset, keyword: str, label: str) -> Any:
-    value = ds.get(keyword)
-    if value is None or value == "":
-        raise PreprocessError(f"{label} lacks {keyword}")
-    return value
-
-
-def _vector(value: object, length: int, label: str) -> np.ndarray:
-    try:
-        vector = np.array([float(v) for v in value], dtype=np.float64)  # type: ignore[attr-defined]
-    except (TypeError, ValueError):
-        vector = np.empty(0)
-    if vector.shape != (length,) or not np.isfinite(vector).all():
-        raise PreprocessError(f"{label}: expected {length} numbers, got {value!r}")
-    return vector
-
-
-def _spacing(value: object, label: str) -> tuple[float, float]:
-    row, col = _vector(value, 2, f"{label} PixelSpacing")
-    if row <= 0 or col <= 0:
-        raise PreprocessError(f"{label}: PixelSpacing must be positive, got {value!r}")
-    return float(row), float(col)
-
-
-def _decode(ds: Dataset, label: str) -> np.ndarray:
-    if "PixelData" not in ds:
-        raise PreprocessError(f"{label} has no pixel data")
-    _check_codestreams(ds, label)
-    try:
-        return ds.pixel_array
-    except (KeyboardInterrupt, SystemExit):
-        raise
-    except BaseException as exc:  # pydicom raises many types for bad or undecodable data;
-        # a Rust decoder (pylibjpeg-rle) panics on a frame that overruns its header's size,
-        # and a panic is a BaseException: it must not take the screening loop down with it.
-        # pydicom lists each plugin's refusal on a line of its own: keep them, on one line.
-        why = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
-        raise PreprocessError(
-            f"cannot decode pixel data of {label}: {why or _first_line(exc)}"
-        ) from None
-
-
-def _check_codestreams(ds: Dataset, label: str) -> None:
-    """Refuse compressed frames whose own size is not the header's, before decoding them.
-
-    A decoder sizes its output from the codestream (JPEG SOF, PS3.5 A.4.1; JPEG-LS
-    SOF55; JPEG 2000 SIZ, A.4.4), so a 512 x 512 header over a 65535 x 65535
-    codestream would decode gigabytes before anything could compare the two.
-    """
-    meta = getattr(ds, "file_meta", None)
-    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
-    if syntax is None or not syntax.is_encapsulated:
-        return
-    rows, columns = int(ds.Rows), int(ds.Columns)
-    count = int(ds.get("NumberOfFrames", 1) or 1)
-    try:
-        for k, fragments in enumerate(
-            generate_fragmented_frames(ds.PixelData, number_of_frames=count)
-        ):
-            size = _codestream_size(fragments[0][:65536]) if fragments else None
-            if size is not None and size != (rows, columns):
-                raise PreprocessError(
-                    f"{label}: frame {k + 1} is compressed as {size[0]} x {size[1]} but the "
-                    f"header says {rows} x {columns}; not decoded"
-                )
-    except PreprocessError:
-        raise
-    except Exception as exc:  # malformed items: let the decoder report them
-        raise PreprocessError(f"cannot decode pixel data of {label}: {_first_line(exc)}") from None
-
-
-# JPEG start-of-frame markers (ITU T.81 B.1.1.3) and JPEG-LS SOF55 (ITU T.87 C.2.2).
-_SOF_MARKERS = frozenset({*range(0xC0, 0xD0)} - {0xC4, 0xC8, 0xCC} | {0xF7})
-
-
-def _codestream_size(data: bytes) -> tuple[int, int] | None:
-    """(rows, columns) a JPEG, JPEG-LS or JPEG 2000 codestream declares; None if not found."""
-    if data[:4] == b"\xff\x4f\xff\x51" and len(data) >= 24:  # SOC then SIZ
-        xsiz, ysiz, x0, y0 = struct.unpack(">IIII", data[8:24])
-        return ysiz - y0, xsiz - x0
-    if data[:2] != b"\xff\xd8":  # not a JPEG or JPEG-LS stream (RLE has no size of its own)
-        return None
-    at = 2
-    while at + 4 <= len(data):
-        if data[at] != 0xFF:
-            return None
-        marker = data[at + 1]
-        if marker == 0xFF:  # fill byte
-            at += 1
-            continue
-        (length,) = struct.unpack(">H", data[at + 2 : at + 4])
-        if marker in _SOF_MARKERS and at + 9 <= len(data):
-            rows, columns = struct.unpack(">HH", data[at + 5 : at + 9])
-            return rows, columns
-        if marker == 0xDA:  # start of scan without a frame header
-            return None
-        at += 2 + length
-    return None
-
-
-def _check_cosines(frame: _Frame) -> tuple[np.ndarray, np.ndarray]:
+def _check_cosines(frame: Frame) -> tuple[np.ndarray, np.ndarray]:
     row_cos, col_cos = frame.orientation[:3], frame.orientation[3:]
     norms = np.linalg.norm(row_cos), np.linalg.norm(col_cos)
     if abs(norms[0] - 1) > 1e-2 or abs(norms[1] - 1) > 1e-2 or abs(row_cos @ col_cos) > 1e-2:
@@ -779,8 +513,3 @@ def _readonly(array: np.ndarray) -> np.ndarray:
 
 def _fmt(values: Iterable[float]) -> str:
     return "[" + ", ".join(f"{float(v):.4g}" for v in values) + "]"
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -186,11 +186,14 @@ class Job(Base):
     claimed_at: Mapped[datetime | None]
     # Outcome of the latest screening: which model, which revision of the
     # results (bumped by each re-screening; part of the report UIDs) and
-    # whether the echo referral rule fired, with the tasks that fired it.
+    # whether the echo referral rule fired, with the tasks that fired it and
+    # the rule as applied (agent.report.referral.ReferralDecision): decided
+    # once at screening, read by every output.
     model_version: Mapped[str | None] = mapped_column(String(64))
     revision: Mapped[int] = mapped_column(default=0, server_default=text("0"))
     echo_referral: Mapped[bool | None] = mapped_column(Boolean)
     referral_tasks: Mapped[list[str] | None] = mapped_column(JSON)
+    referral_rule: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     screened_at: Mapped[datetime | None]
     # The image check before screening (hyperct_core.bloodpool): median HU of the
     # blood pool (None when not measured) and the one-line outcome.

@@ -128,6 +128,8 @@ def format_trail(trail: Any, patient: dict[str, str] | None = None) -> list[str]
             lines.append(
                 f"  echo referral: {'YES' if s.echo_referral else 'no'} (fired by {fired})"
             )
+            if s.referral_rule:  # as decided at screening, whatever the rule is now
+                lines.append(f"  referral rule: {', '.join(s.referral_rule)}")
         if s.results:
             lines.append("  probabilities:")
             for r in s.results:

@@ -10,6 +10,7 @@ from pydicom.dataset import Dataset
 from agent.config import ReportSettings
 from agent.pipeline.screen import ClaimedJob
 from agent.report import Findings, ModelIdentity, build_reports
+from agent.report.referral import decision_for
 from agent.report.source import carried_source
 from agent.report.summary import ENCAPSULATED_PDF_STORAGE, summary_object
 from storage.files import InstanceStore, report_rel_path
@@ -36,7 +37,10 @@ class ReportFiles:
         self, job: ClaimedJob, findings: Findings, model: ModelIdentity
     ) -> list[tuple[str, str, str, str]]:
         # Headers are enough: the reports cite the images, they do not copy pixels.
-        sources = [dcmread(path, stop_before_pixels=True) for path in job.paths]
+        # Screening hands over those it read for the volume; a job without them
+        # (a caller that read no volume) has its headers read here.
+        sources = job.headers or [dcmread(path, stop_before_pixels=True) for path in job.paths]
+        decision = decision_for(findings, job.referral)
         # What the reports take from the first source; the screener audits omissions.
         job.carried = carried_source(sources[0]) if sources else None
         written = []
@@ -47,6 +51,7 @@ class ReportFiles:
             series_number=self.settings.series_number,
             revision=job.revision,
             text_report=self.settings.text_report,
+            decision=decision,
         )
         if self.settings.summary_image:
             reports.append(
@@ -58,6 +63,7 @@ class ReportFiles:
                     revision=job.revision,
                     series_number=self.settings.summary_series_number,
                     fmt=self.settings.summary_format,
+                    decision=decision,
                 )
             )
         for report in reports:

@@ -37,7 +37,7 @@ from agent.config import Settings
 from agent.intake.stored import facts_from_db
 from agent.logs import get_logger
 from agent.pipeline.model import ModelHolder
-from agent.report import Findings, ModelIdentity, ReportInputError, referral
+from agent.report import Findings, ModelIdentity, ReferralDecision, ReportInputError, decide
 from agent.report.source import CarriedSource
 from agent.report.summary import KeyImage
 from agent.series.eligibility import CONTRAST_BY_IMAGE, ContrastByTags, contrast_by_tags
@@ -70,6 +70,12 @@ class ClaimedJob:
     carried: CarriedSource | None = None
     #: The axial slice through the heart, taken while the volume is in memory (summary image).
     key_image: KeyImage | None = None
+    #: The headers read for the volume (no pixel data), in ``paths`` order: the
+    #: reports cite them, so no file is read again for its report.
+    headers: list[Any] = field(default_factory=list)
+    #: The echo referral, decided once when the findings are known; stored with
+    #: the results and quoted by every report.
+    referral: ReferralDecision | None = None
 
 
 #: Builds the report objects of a screened series and writes them durably;
@@ -141,7 +147,7 @@ class Screener:
     def _screen(self, predictor: Any, claimed: list[ClaimedJob]) -> int:
         from hyperct_core.errors import PreprocessError
         from hyperct_core.preprocess import images_from_volume, preprocess_bytes
-        from hyperct_core.volume import volume_from_datasets
+        from hyperct_core.volume import read_series
 
         config = predictor.card.preprocess_config()
         budget = self.settings.pipeline.max_series_bytes  # estimated from headers, pre-decoding
@@ -149,7 +155,7 @@ class Screener:
         started = time.monotonic()
         for job in claimed:
             try:
-                volume = volume_from_datasets(
+                volume, job.headers = read_series(
                     job.paths,
                     config.orientation,
                     spacing_tolerance=self.settings.completeness.spacing_tolerance,
@@ -183,6 +189,7 @@ class Screener:
             except ReportInputError as exc:  # e.g. a card whose tasks are not HyperCT's 25
                 self._fail(job, f"model output unusable: {exc}", retry=False)
                 continue
+            job.referral = decide(findings)
             done += self._complete(job, findings, identity)
         log.info(
             "batch screened",
@@ -301,7 +308,8 @@ class Screener:
         except Exception as exc:
             self._fail(job, f"report building failed: {type(exc).__name__}: {exc}", retry=True)
             return 0
-        fired = referral(findings)
+        decision = job.referral or decide(findings)
+        fired = list(decision.fired)
         with self.sessions.begin() as session:
             session.execute(delete(Result).where(Result.job_id == job.job_id))
             pairs = zip(findings.task_names, findings.probabilities, strict=True)
@@ -338,6 +346,7 @@ class Screener:
                 revision=revision,
                 echo_referral=bool(fired),
                 referral_tasks=fired,
+                referral_rule=decision.rule_record(),
                 screened_at=utcnow(),
                 blood_pool_hu=job.blood_pool_hu,
                 image_check=job.image_check,

@@ -25,7 +25,7 @@ from pathlib import Path
 from pydicom.dataset import Dataset
 
 from agent.report.inputs import DEFAULT_REFERRAL_TASKS, Findings, ModelIdentity, ReportInputError
-from agent.report.referral import RULE_TEXT, referral
+from agent.report.referral import RULE_TEXT, ReferralDecision, decide, decision_for, referral
 from agent.report.sr import measurement_report
 from agent.report.text import render_sections, report_items, text_report
 from agent.report.uids import ReportUIDs, derive_uid
@@ -35,9 +35,11 @@ __all__ = [
     "RULE_TEXT",
     "Findings",
     "ModelIdentity",
+    "ReferralDecision",
     "ReportInputError",
     "ReportUIDs",
     "build_reports",
+    "decide",
     "derive_uid",
     "referral",
     "render_sections",
@@ -55,13 +57,15 @@ def build_reports(
     revision: int = 1,
     text_report: bool = True,
     created: datetime.datetime | None = None,
+    decision: ReferralDecision | None = None,
 ) -> list[Dataset]:
     """The SR documents of one screened series: TID 1500 first, then the readable report.
 
     ``source_datasets`` are the screened series' CT datasets; headers suffice
     (``dcmread(..., stop_before_pixels=True)``). Every one is cited as evidence.
     ``revision`` counts re-results of the same series and model (from 1); the
-    same (series, model, revision) always gives the same UIDs.
+    same (series, model, revision) always gives the same UIDs. ``decision`` is
+    the referral decided at screening; both documents quote it (decided here if None).
     """
     if not source_datasets:
         raise ReportInputError("report: no source images")
@@ -71,6 +75,7 @@ def build_reports(
         raise ReportInputError("report: revision starts at 1")
     uids = ReportUIDs.derive(str(source_datasets[0].SeriesInstanceUID), model.device_uid, revision)
     created = created or datetime.datetime.now()
+    decision = decision_for(findings, decision)
     reports: list[Dataset] = [
         measurement_report(
             source_datasets,
@@ -80,6 +85,7 @@ def build_reports(
             series_number=series_number,
             instance_number=1,
             created=created,
+            decision=decision,
         )
     ]
     if text_report:
@@ -92,6 +98,7 @@ def build_reports(
                 series_number=series_number,
                 instance_number=2,
                 created=created,
+                decision=decision,
             )
         )
     return reports

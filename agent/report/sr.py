@@ -38,7 +38,7 @@ from pydicom.valuerep import DS
 from agent import __version__
 from agent.report import codes as rc
 from agent.report.inputs import Findings, ModelIdentity, ReportInputError
-from agent.report.referral import referral, rule_parameters
+from agent.report.referral import ReferralDecision, decision_for
 from agent.report.source import carried_source
 from agent.report.uids import ReportUIDs
 from hyperct_core.tasks import task_by_name
@@ -175,13 +175,8 @@ class EchoReferralGroup(hd.sr.MeasurementsAndQualitativeEvaluations):
     (TID 4019), since two tasks can share a finding code.
     """
 
-    def __init__(
-        self,
-        triggering: Sequence[str],
-        findings: Findings,
-        model: ModelIdentity,
-        uids: ReportUIDs,
-    ):
+    def __init__(self, decision: ReferralDecision, model: ModelIdentity, uids: ReportUIDs):
+        triggering = decision.fired
         if not triggering:
             raise ReportInputError("echo referral group: the rule did not fire")
         algorithm = hd.sr.AlgorithmIdentification(
@@ -189,7 +184,7 @@ class EchoReferralGroup(hd.sr.MeasurementsAndQualitativeEvaluations):
             version=model.version,
             parameters=[
                 "rule=any referral task probability >= its threshold",
-                *rule_parameters(findings),
+                *decision.parameters(),
                 f"triggered_by={','.join(triggering)}",
             ],
         )
@@ -240,18 +235,20 @@ def measurement_report(
     series_number: int,
     instance_number: int = 1,
     created: datetime.datetime | None = None,
+    decision: ReferralDecision | None = None,
 ) -> hd.sr.Comprehensive3DSR:
     """The TID 1500 Comprehensive 3D SR of one screened series.
 
     ``source`` are the series' CT datasets (headers suffice); each is cited as
     evidence and the first supplies the patient and study attributes.
+    ``decision`` is the referral decided at screening (decided here if None).
     """
     evidence = prepare_source(source)
     # The referral is the conclusion: first, so a reader of the tree meets it first.
     groups: list[hd.sr.MeasurementsAndQualitativeEvaluations] = []
-    triggering = referral(findings)
-    if triggering:
-        groups.append(EchoReferralGroup(triggering, findings, model, uids))
+    decided = decision_for(findings, decision)
+    if decided.recommended:
+        groups.append(EchoReferralGroup(decided, model, uids))
     groups += [TaskMeasurementGroup(task, findings, model, uids) for task in findings.task_names]
     report = hd.sr.MeasurementReport(
         observation_context=device_observer(model),

@@ -37,7 +37,7 @@ from pydicom.uid import UID, ExplicitVRLittleEndian
 from pydicom.valuerep import DA, TM
 
 from agent.report.inputs import Findings, ModelIdentity, ReportInputError
-from agent.report.referral import referral
+from agent.report.referral import ReferralDecision, decision_for
 from agent.report.sr import (
     DEMO_MARK,
     MANUFACTURER,
@@ -192,18 +192,19 @@ def _assessed(findings: Findings, task: str) -> bool:
     return task in findings.thresholds
 
 
-def conclusion(findings: Findings) -> tuple[str, str]:
+def conclusion(findings: Findings, decision: ReferralDecision | None = None) -> tuple[str, str]:
     """The conclusion line and why: the echo recommendation first, as a reader needs it."""
-    fired = referral(findings)
+    decided = decision_for(findings, decision)
+    fired, threshold = decided.fired, dict(decided.thresholds)
     if fired:
         names = ", ".join(task_by_name(t).display_name for t in fired)
         why = "; ".join(
             f"{task_by_name(t).display_name} {findings.probability(t):.2f} "
-            f"\u2265 threshold {findings.thresholds[t]:.2f}"
+            f"\u2265 threshold {threshold[t]:.2f}"
             for t in fired
         )
         return f"Echocardiography recommended: {names}", f"Why: {why}."
-    if not any(_assessed(findings, t) for t in findings.referral_tasks):
+    if not decided.assessed:
         # As the readable report says it: not assessed is no "no".
         return (
             "Echocardiography referral not assessed",
@@ -222,8 +223,10 @@ def render_summary(
     key: KeyImage | None,
     *,
     created: datetime.datetime,
+    decision: ReferralDecision | None = None,
 ) -> Image.Image:
     """The summary page as an RGB image of :data:`PAGE` size."""
+    decided = decision_for(findings, decision)
     page = Image.new("RGB", PAGE, "white")
     draw = ImageDraw.Draw(page)
     width = PAGE[0]
@@ -251,8 +254,8 @@ def render_summary(
     y += 32
 
     # The conclusion banner.
-    headline, why = conclusion(findings)
-    fired = bool(referral(findings))
+    headline, why = conclusion(findings, decided)
+    fired = decided.recommended
     head_font, why_font = _font(26, bold=True), _font(17)
     head_lines = _wrap(draw, headline, head_font, inner - 32)
     why_lines = _wrap(draw, why, why_font, inner - 32)
@@ -390,6 +393,7 @@ def summary_object(
     series_number: int,
     fmt: SummaryFormat = "secondary_capture",
     created: datetime.datetime | None = None,
+    decision: ReferralDecision | None = None,
 ) -> Dataset:
     """The summary of one screened series as SC image or Encapsulated PDF."""
     evidence = prepare_source(source)
@@ -399,7 +403,7 @@ def summary_object(
         raise ReportInputError("report: revision starts at 1")
     uids = ReportUIDs.derive(str(evidence[0].SeriesInstanceUID), model.device_uid, revision)
     created = created or datetime.datetime.now()
-    page = render_summary(findings, model, key, created=created)
+    page = render_summary(findings, model, key, created=created, decision=decision)
     if fmt == "pdf":
         return _encapsulated_pdf(evidence[0], page, model, uids, series_number, created)
     if fmt != "secondary_capture":

@@ -33,7 +33,7 @@ from pydicom.sr.coding import Code
 
 from agent.report import codes as rc
 from agent.report.inputs import Findings, ModelIdentity
-from agent.report.referral import referral, unassessed_referral_tasks
+from agent.report.referral import ReferralDecision, decision_for
 from agent.report.sr import (
     DEMO_MARK,
     NOT_VERIFIED,
@@ -81,17 +81,18 @@ def _row(findings: Findings, task: str) -> dict[str, Any]:
     }
 
 
-def _context(findings: Findings, model: ModelIdentity) -> dict[str, Any]:
+def _context(
+    findings: Findings, model: ModelIdentity, decision: ReferralDecision | None
+) -> dict[str, Any]:
     rows = [_row(findings, t) for t in findings.task_names]
+    decided = decision_for(findings, decision)
     return {
         "present": [r for r in rows if r["status"] == "present"],
         "absent": [r for r in rows if r["status"] == "absent"],
         "not_assessed": [r for r in rows if r["status"] == "not assessed"],
-        "triggering": [_row(findings, t) for t in referral(findings)],
-        "referral": [_row(findings, t) for t in findings.assessed_referral_tasks],
-        "referral_unassessed": [
-            task_by_name(t).display_name for t in unassessed_referral_tasks(findings)
-        ],
+        "triggering": [_row(findings, t) for t in decided.fired],
+        "referral": [_row(findings, t) for t in decided.assessed],
+        "referral_unassessed": [task_by_name(t).display_name for t in decided.unassessed],
         "model_name": model.name,
         "model_version": model.version,
         "is_demo": model.is_demo,
@@ -100,10 +101,15 @@ def _context(findings: Findings, model: ModelIdentity) -> dict[str, Any]:
     }
 
 
-def report_items(findings: Findings, model: ModelIdentity) -> dict[str, list[str]]:
-    """The TEXT items of each section, keyed by template block (:data:`SECTIONS`)."""
+def report_items(
+    findings: Findings, model: ModelIdentity, decision: ReferralDecision | None = None
+) -> dict[str, list[str]]:
+    """The TEXT items of each section, keyed by template block (:data:`SECTIONS`).
+
+    ``decision`` is the referral decided at screening (decided here if None).
+    """
     template = _environment().get_template(TEMPLATE_NAME)
-    context = template.new_context(_context(findings, model))
+    context = template.new_context(_context(findings, model, decision))
     items = {}
     for name in SECTIONS:
         text = "".join(template.blocks[name](context))
@@ -112,9 +118,12 @@ def report_items(findings: Findings, model: ModelIdentity) -> dict[str, list[str
     return items
 
 
-def render_sections(findings: Findings, model: ModelIdentity) -> dict[str, str]:
+def render_sections(
+    findings: Findings, model: ModelIdentity, decision: ReferralDecision | None = None
+) -> dict[str, str]:
     """Each section as plain text, one item per line (for logs, e-mail, summaries)."""
-    return {name: "\n".join(lines) + "\n" for name, lines in report_items(findings, model).items()}
+    items = report_items(findings, model, decision)
+    return {name: "\n".join(lines) + "\n" for name, lines in items.items()}
 
 
 def text_report(
@@ -126,6 +135,7 @@ def text_report(
     series_number: int,
     instance_number: int = 2,
     created: datetime.datetime | None = None,
+    decision: ReferralDecision | None = None,
 ) -> hd.sr.ComprehensiveSR:
     """The readable SR of one screened series, in the same series as its TID 1500 report."""
     root = hd.sr.ContainerContentItem(
@@ -136,7 +146,7 @@ def text_report(
         *hd.sr.LanguageOfContentItemAndDescendants(hd.sr.templates.DEFAULT_LANGUAGE),
         *device_observer(model),
     ]
-    for name, lines in report_items(findings, model).items():
+    for name, lines in report_items(findings, model, decision).items():
         heading, concept = SECTIONS[name]
         section = hd.sr.ContainerContentItem(
             name=heading, is_content_continuous=False, relationship_type="CONTAINS"

@@ -9,7 +9,6 @@ for what ended up in the file.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 from pathlib import Path
 
 import pydicom
@@ -19,8 +18,6 @@ from pydicom.dataset import Dataset
 from agent.report import (
     DEFAULT_REFERRAL_TASKS,
     Findings,
-    ModelIdentity,
-    ReportInputError,
     build_reports,
     referral,
     render_sections,
@@ -28,13 +25,18 @@ from agent.report import (
 )
 from agent.report.codes import (
     FINDING_CODING,
-    MAX_CODE_MEANING,
-    PRIVATE_SCHEME,
-    all_codes,
 )
 from agent.report.sr import DEMO_MARK
-from hyperct_core.checkpoint import ModelCard
-from hyperct_core.tasks import NUM_TASKS, TASK_NAMES, TASKS, task_by_name
+from hyperct_core.tasks import NUM_TASKS, TASK_NAMES, task_by_name
+from tests.agent.report_cases import (
+    CARD_THRESHOLDS,
+    PARTIAL_THRESHOLDS,
+    UID_RE,
+    UNASSESSED,
+    build_and_write,
+    make_model,
+    probabilities,
+)
 from tests.agent.report_tools import (
     QUALITATIVE_ROW_WARNING,
     dciodvfy,
@@ -46,54 +48,10 @@ from tests.agent.report_tools import (
 )
 from tests.support.ct_series import ct_series, write_series
 
-# Distinct per-task thresholds, so a test cannot pass by assuming one threshold for all.
-CARD_THRESHOLDS = {name: round(0.30 + 0.02 * i, 2) for i, name in enumerate(TASK_NAMES)}
-WEIGHTS = "3f" * 32
-UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
-STANDARD_SCHEMES = {"DCM", "SCT", "LN", "UCUM", "RFC5646"}
-
-
-def make_model(
-    *,
-    is_demo: bool = True,
-    version: str = "1.2.0",
-    weights: str = WEIGHTS,
-    thresholds: dict[str, float] | None = None,
-):
-    return ModelIdentity(
-        name="hyperct-test",
-        version=version,
-        weights_sha256=weights,
-        is_demo=is_demo,
-        thresholds=CARD_THRESHOLDS if thresholds is None else thresholds,
-    )
-
-
-# A card with operating points for all but these tasks (two of them referral tasks).
-UNASSESSED = ("pulmonary_hypertension", "ventricular_enlargement", "lung_nodule")
-PARTIAL_THRESHOLDS = {k: v for k, v in CARD_THRESHOLDS.items() if k not in UNASSESSED}
-
-
-def probabilities(low: float = 0.05, **high: float) -> list[float]:
-    values = {name: low for name in TASK_NAMES}
-    values.update(high)
-    return [values[name] for name in TASK_NAMES]
-
 
 @pytest.fixture(scope="module")
 def source() -> list[Dataset]:
     return ct_series(12, rows=16, columns=16)
-
-
-def build_and_write(
-    source: Sequence[Dataset],
-    findings: Findings,
-    model: ModelIdentity,
-    folder: Path,
-    **kwargs,
-) -> list[Path]:
-    reports = build_reports(source, findings, model, series_number=9901, **kwargs)
-    return write_reports(reports, folder)
 
 
 # Scenarios for the validator tests: the rule fires (demo model) or not (validated model).
@@ -394,315 +352,6 @@ def test_demo_model_is_marked_in_text_and_algorithm_identification(source, tmp_p
         assert (DEMO_MARK in text.SeriesDescription) is is_demo
         assert len(text.SeriesDescription) <= 64
         assert all(g is not None for g in groups)
-
-
-# --- the text report ----------------------------------------------------------------------
-
-
-def _sections(ds: Dataset) -> list[tuple[str, list[tuple[str, str]]]]:
-    """(heading, [(item concept, text), ...]) of each section of the readable SR, in order."""
-    return [
-        (
-            item.ConceptNameCodeSequence[0].CodeMeaning,
-            [(t.ConceptNameCodeSequence[0].CodeMeaning, t.TextValue) for t in item.ContentSequence],
-        )
-        for item in ds.ContentSequence
-        if item.ValueType == "CONTAINER"
-    ]
-
-
-def test_readable_report_is_tid_2000_with_impression_first(source, tmp_path):
-    model = make_model(is_demo=False)
-    probs = probabilities(0.01, pulmonary_hypertension=0.93, emphysema=0.61)
-    findings = Findings.from_model(probs, model)
-    _, text_path = build_and_write(source, findings, model, tmp_path)
-    ds = pydicom.dcmread(text_path)
-    assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.33"
-    template = ds.ContentTemplateSequence[0]
-    assert (template.MappingResource, template.TemplateIdentifier) == ("DCMR", "2000")
-    containers = [d for d in walk(ds) if d.get("ValueType") == "CONTAINER"]
-    assert ds.ContinuityOfContent == "SEPARATE"
-    assert {c.ContinuityOfContent for c in containers} == {"SEPARATE"}
-
-    sections = _sections(ds)
-    assert [h for h, _ in sections] == [
-        "Impressions",
-        "Findings",
-        "Recommendations",
-        "Current Procedure Descriptions",
-    ]
-    impression, found, recommendation, method = (items for _, items in sections)
-    assert {c for c, _ in impression} == {"Impression"}
-    assert impression[0][1] == (
-        "Echocardiography recommended. Triggered by: Pulmonary hypertension "
-        "(probability 0.930, threshold 0.340)."
-    )
-    # One item per finding, positives first, each with its probability and threshold.
-    assert {c for c, _ in found} == {"Finding"}
-    assert len(found) == NUM_TASKS
-    texts = [t for _, t in found]
-    assert texts[:2] == [
-        "Pulmonary hypertension: present (probability 0.930, threshold 0.340).",
-        "Emphysema: present (probability 0.610, threshold 0.580).",
-    ]
-    for task, p in zip(TASK_NAMES, probs, strict=True):
-        state = "present" if p >= CARD_THRESHOLDS[task] else "absent"
-        line = f"{task_by_name(task).display_name}: {state} (probability {p:.3f}, "
-        assert sum(t.startswith(line) for t in texts) == 1, task
-    assert recommendation == [("Recommendation", "Transthoracic echocardiography.")]
-    assert len(method) == 1
-    statement = method[0][1]
-    assert "hyperct-test 1.2.0" in statement and "not verified by a physician" in statement
-    for task in DEFAULT_REFERRAL_TASKS:
-        assert task_by_name(task).display_name in statement
-    # The disclaimer is said once in the whole document.
-    everything = " ".join(t for _, items in sections for _, t in items)
-    assert everything.count("not verified by a physician") == 1
-
-
-def test_readable_report_says_when_no_referral(source):
-    model = make_model(is_demo=False)
-    sections = render_sections(Findings.from_model(probabilities(), model), model)
-    assert sections["impression"].startswith("No echocardiography referral")
-    assert "Triggered by" not in sections["impression"]
-    assert sections["recommendations"] == "No echocardiography referral from this screening.\n"
-
-
-def test_text_report_can_be_left_out(source):
-    model = make_model()
-    reports = build_reports(
-        source,
-        Findings.from_model(probabilities(), model),
-        model,
-        series_number=7,
-        text_report=False,
-    )
-    assert [r.SOPClassUID for r in reports] == ["1.2.840.10008.5.1.4.1.1.88.34"]
-    assert reports[0].SeriesNumber == 7
-
-
-# --- codes and size ------------------------------------------------------------------------
-
-
-def test_code_meanings_fit_lo_and_private_codes_are_declared(source, tmp_path):
-    assert all(len(c.meaning) <= MAX_CODE_MEANING for c in all_codes())
-    model = make_model()
-    findings = Findings.from_model(probabilities(0.9), model)  # every group, referral included
-    for path in build_and_write(source, findings, model, tmp_path):
-        ds = pydicom.dcmread(path)
-        meanings = [d.CodeMeaning for d in walk(ds) if "CodeMeaning" in d]
-        assert meanings and max(len(m) for m in meanings) <= MAX_CODE_MEANING
-        used = {d.CodingSchemeDesignator for d in walk(ds) if "CodingSchemeDesignator" in d}
-        declared = {
-            i.CodingSchemeDesignator for i in ds.get("CodingSchemeIdentificationSequence", [])
-        }
-        assert used - STANDARD_SCHEMES <= declared
-    sr = pydicom.dcmread(build_and_write(source, findings, model, tmp_path)[0])
-    assert PRIVATE_SCHEME in {
-        d.CodingSchemeDesignator for d in walk(sr) if "CodingSchemeDesignator" in d
-    }
-
-
-def test_sr_stays_small_for_a_300_slice_series(tmp_path):
-    """The SR grows only by its evidence list, one short item per source image.
-
-    Bound: 25 groups at well under 2 KiB each plus the fixed header (~50 KiB
-    measured) and at most 200 bytes per cited image (SOP Class + SOP Instance UID
-    item) -- 50 KiB + 300 x 200 B, about 110 KiB; the spec's counter-example, a
-    300-image reference list per group, is over 1 MB.
-    """
-    model = make_model()
-    findings = Findings.from_model(probabilities(0.9), model)
-    small = build_and_write(ct_series(30, rows=8, columns=8), findings, model, tmp_path / "s")
-    large = build_and_write(ct_series(300, rows=8, columns=8), findings, model, tmp_path / "l")
-    for s, big in zip(small, large, strict=True):
-        per_image = (big.stat().st_size - s.stat().st_size) / 270
-        assert per_image <= 200, per_image
-        assert big.stat().st_size <= 50 * 1024 + 300 * 200, big.stat().st_size
-
-
-# --- inputs --------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("probs", "message"),
-    [
-        ([0.5] * 24, "expected 25 probabilities"),
-        ([0.5] * 24 + [1.5], "not in [0, 1]"),
-        ([0.5] * 24 + [float("nan")], "not in [0, 1]"),
-    ],
-)
-def test_findings_refuse_bad_probabilities(probs, message):
-    with pytest.raises(ReportInputError, match=re.escape(message)):
-        Findings.from_model(probs, make_model())
-
-
-def test_findings_refuse_unknown_or_missing_tasks():
-    model = make_model()
-    with pytest.raises(ReportInputError, match="unknown task 'echo'"):
-        Findings.from_model(probabilities(), model, referral_tasks=["echo"])
-    # A task without a threshold is not an error: it is not assessed.
-    only = Findings(TASK_NAMES, tuple(probabilities(0.9)), {"emphysema": 0.5}, ())
-    assert [only.status(t) for t in ("emphysema", "cardiomegaly")] == ["present", "not assessed"]
-    with pytest.raises(ReportInputError, match="index order"):
-        Findings(tuple(reversed(TASK_NAMES)), tuple(probabilities()), CARD_THRESHOLDS, ())
-    with pytest.raises(ReportInputError, match="threshold of 'emphysema'"):
-        Findings.from_model(probabilities(), model, threshold_overrides={"emphysema": 2.0})
-
-
-def test_model_identity_from_card():
-    card = ModelCard(
-        name="hyperct-x",
-        version="2.0",
-        tasks=list(TASK_NAMES),
-        model={},
-        preprocessing={},
-        backbone={},
-        thresholds=CARD_THRESHOLDS,
-        training_data={},
-        validated=False,
-    )
-    demo = ModelIdentity.from_card(card, WEIGHTS)
-    assert demo.is_demo and demo.referral_tasks == DEFAULT_REFERRAL_TASKS
-    assert set(DEFAULT_REFERRAL_TASKS) == {t.name for t in TASKS if t.group == "opportunistic"}
-    assert len(DEFAULT_REFERRAL_TASKS) == 7
-    card.validated = True
-    card.extra = {"referral_tasks": ["cardiomegaly"]}
-    real = ModelIdentity.from_card(card, WEIGHTS)
-    assert not real.is_demo and real.referral_tasks == ("cardiomegaly",)
-    assert Findings.from_model(probabilities(), real).referral_tasks == ("cardiomegaly",)
-
-
-def test_source_must_be_one_series(source):
-    model = make_model()
-    findings = Findings.from_model(probabilities(), model)
-    mixed = [*source[:2], *ct_series(1, rows=8, columns=8, study_uid=source[0].StudyInstanceUID)]
-    with pytest.raises(ReportInputError, match="one series"):
-        build_reports(mixed, findings, model, series_number=1)
-    with pytest.raises(ReportInputError, match="no source images"):
-        build_reports([], findings, model, series_number=1)
-
-
-def test_write_reports_is_idempotent(source, tmp_path):
-    model = make_model()
-    reports = build_reports(
-        source, Findings.from_model(probabilities(), model), model, series_number=1
-    )
-    first = write_reports(reports, tmp_path)
-    again = write_reports(reports, tmp_path)
-    assert first == again
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in first)
-    assert [pydicom.dcmread(p).SOPInstanceUID for p in first] == [r.SOPInstanceUID for r in reports]
-
-
-# --- tasks without an operating point ------------------------------------------------------
-
-
-def test_tasks_without_operating_point_are_not_assessed(source, tmp_path):
-    model = make_model(is_demo=False, thresholds=PARTIAL_THRESHOLDS)
-    # High probabilities on the unassessed tasks: still neither Present nor Absent,
-    # and the unassessed referral task cannot fire the rule.
-    probs = probabilities(0.05, pulmonary_hypertension=0.99, lung_nodule=0.99)
-    findings = Findings.from_model(
-        probs, model, threshold_overrides={"ventricular_enlargement": 0.1}
-    )
-    assert [findings.status(t) for t in UNASSESSED] == ["not assessed"] * 3
-    assert referral(findings) == []
-    sr_path, text_path = build_and_write(source, findings, model, tmp_path)
-
-    parsed = parse_measurement_report(sr_path)
-    assert parsed.referral is None
-    for task, group in parsed.by_task.items():
-        values = [v.meaning for c, v in group.evaluations]
-        if task in UNASSESSED:
-            assert values == ["Undetermined"], task
-            assert any("not assessed" in p for p in group.algorithm_parameters)
-        else:
-            assert values in (["Present"], ["Absent"]), task
-
-    sections = dict(_sections(pydicom.dcmread(text_path)))
-    found = [t for _, t in sections["Findings"]]
-    unassessed = [t for t in found if "not assessed" in t]
-    assert len(unassessed) == len(UNASSESSED)
-    assert found[-len(UNASSESSED) :] == unassessed  # after the assessed findings
-    for task in UNASSESSED:
-        name = task_by_name(task).display_name
-        assert [t for t in found if t.startswith(name + ":")] == [
-            f"{name}: not assessed (no validated operating point for this finding)."
-        ]
-    impression = " ".join(t for _, t in sections["Impressions"])
-    assert impression.startswith("No echocardiography referral")
-    assert "Not assessed for the referral (no validated operating point): " in impression
-    assert "Pulmonary hypertension, Ventricular enlargement." in impression
-
-
-def test_pipeline_rule_in_force_keeps_unassessed_tasks_unassessed():
-    """``[referral.thresholds]`` moves an assessed task's threshold, never assesses a new one."""
-    from agent.config import Settings
-    from agent.pipeline.screen import findings_for
-
-    model = make_model(thresholds=PARTIAL_THRESHOLDS)
-    card = _card(PARTIAL_THRESHOLDS)
-    settings = Settings.model_validate(
-        {"referral": {"thresholds": {"pulmonary_hypertension": 0.1, "cardiomegaly": 0.9}}}
-    )
-    findings = findings_for(probabilities(0.5), card, model, settings)
-    assert findings.status("pulmonary_hypertension") == "not assessed"
-    assert findings.thresholds["cardiomegaly"] == 0.9
-    assert findings.status("cardiomegaly") == "absent"
-    assert set(findings.thresholds) == set(PARTIAL_THRESHOLDS)
-
-
-def test_referral_not_assessed_when_no_referral_task_has_an_operating_point():
-    model = make_model(thresholds={"cardiomegaly": 0.3})
-    findings = Findings.from_model(probabilities(0.99), model)
-    assert referral(findings) == []
-    sections = render_sections(findings, model)
-    assert (
-        sections["impression"].splitlines()[-1].startswith("Echocardiography referral not assessed")
-    )
-    assert "absent" not in sections["findings"]
-
-
-def _card(thresholds, extra=None) -> ModelCard:
-    return ModelCard(
-        name="hyperct-x",
-        version="2.0",
-        tasks=list(TASK_NAMES),
-        model={},
-        preprocessing={},
-        backbone={},
-        thresholds=thresholds,
-        training_data={},
-        validated=True,
-        extra=extra or {},
-    )
-
-
-def test_operating_points_come_from_the_card_as_it_is_written():
-    # A missing or null threshold: no operating point.
-    partial = {**PARTIAL_THRESHOLDS, "lung_nodule": None}
-    identity = ModelIdentity.from_card(_card(partial), WEIGHTS)
-    assert set(identity.thresholds) == set(TASK_NAMES) - set(UNASSESSED)
-    # `model evaluate --write-thresholds` records which thresholds it chose; the
-    # card's other thresholds are placeholders, and an entry may say validated: false.
-    chosen = {"cardiomegaly": {"threshold": 0.48}, "emphysema": {"validated": False}}
-    card = _card(CARD_THRESHOLDS, {"operating_points": {"tasks": chosen}})
-    assert dict(ModelIdentity.from_card(card, WEIGHTS).thresholds) == {
-        "cardiomegaly": CARD_THRESHOLDS["cardiomegaly"]
-    }
-
-
-def test_demo_card_assesses_only_its_evaluated_tasks():
-    import json
-
-    from hyperct_core.demo import demo_checkpoint_path
-
-    data = json.loads((demo_checkpoint_path() / "card.json").read_text())
-    card = _card(data["thresholds"], data["extra"])
-    assessed = set(ModelIdentity.from_card(card, WEIGHTS).thresholds)
-    assert assessed == set(data["extra"]["operating_points"]["tasks"])
-    assert assessed < set(TASK_NAMES)
 
 
 # --- as a viewer shows them ------------------------------------------------------------------

@@ -35,8 +35,8 @@ from agent.pipeline.screen import ClaimedJob, Screener
 from agent.report import Findings, build_reports, write_reports
 from agent.report.source import OUTPUT_CHARSET, PATIENT_STUDY_KEYWORDS, carried_source
 from storage.models import AuditEvent
+from tests.agent.report_cases import make_model, probabilities
 from tests.agent.report_tools import dciodvfy
-from tests.agent.test_report import make_model, probabilities
 from tests.support.ct_series import CANARY_ID, CANARY_NAME, ct_series, write_series
 
 MODEL = make_model()
