@@ -39,7 +39,7 @@ from agent.logs import get_logger
 from agent.pipeline.model import ModelHolder
 from agent.report import Findings, ModelIdentity, ReferralDecision, ReportInputError, decide
 from agent.report.source import CarriedSource
-from agent.report.summary import KeyImage
+from agent.report.summary import KeyImage, key_image_from_volume
 from agent.series.eligibility import CONTRAST_BY_IMAGE, ContrastByTags, contrast_by_tags
 from storage.audit import audit
 from storage.files import InstanceStore
@@ -164,6 +164,7 @@ class Screener:
                 )
                 if self._enhanced(job, volume):
                     continue
+                job.key_image = self._key_image(job, volume)
                 images.append(images_from_volume(volume, config))
                 ready.append(job)
             except PreprocessError as exc:  # the series itself is unusable: no retry helps
@@ -198,6 +199,16 @@ class Screener:
             inference_seconds=round(infer_s, 2),
         )
         return done
+
+    def _key_image(self, job: ClaimedJob, volume: Any) -> KeyImage | None:
+        """The slice through the heart the summary page shows (none: the page says so)."""
+        if not self.settings.reports.summary_image:
+            return None
+        try:
+            return key_image_from_volume(volume.array, volume.spacing)
+        except Exception as exc:  # a missing picture must not stop the findings
+            log.warning("no key image for the summary", job=job.job_id, error=type(exc).__name__)
+            return None
 
     def _enhanced(self, job: ClaimedJob, volume: Any) -> bool:
         """The image check: measure the blood pool; skip the job when it is enhanced."""
@@ -271,7 +282,12 @@ class Screener:
 
     def _claim(self) -> list[ClaimedJob]:
         with self.sessions.begin() as session:
-            taken = requeue_stale_jobs(session, self.settings.pipeline.lease_seconds)
+            # A job whose every worker died on it goes dead instead of round for ever.
+            taken = requeue_stale_jobs(
+                session,
+                self.settings.pipeline.lease_seconds,
+                max_attempts=self.settings.pipeline.max_attempts,
+            )
             if taken:
                 log.warning("jobs taken over: their worker stopped renewing its lease", jobs=taken)
             jobs = claim_jobs(session, self.worker, self.settings.model.batch_size)

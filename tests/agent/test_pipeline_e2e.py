@@ -58,6 +58,9 @@ def check_reports(files: list[Path], folder: Path) -> None:
     assert summary.SeriesInstanceUID != dcmread(sr, stop_before_pixels=True).SeriesInstanceUID
     assert summary.pixel_array.shape == (summary.Rows, summary.Columns, 3)
     assert summary.pixel_array.std() > 10  # drawn on, not blank
+    # The key slice through the heart is on the page: its black tile (air outside the
+    # body in a mediastinal window) is absent from a page that says "no key image".
+    assert (summary.pixel_array.max(axis=2) < 16).mean() > 0.03
     parsed = parse_measurement_report(sr)
     with db_session(folder) as s:
         stored = {r.task_name: r.probability for r in s.scalars(select(Result))}
