@@ -178,12 +178,16 @@ class InstanceStore:
         self.direct_io = False
         self._workers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="instance-io")
 
-    def prepare(self) -> int:
-        """Create the directories and sweep temp files a crash left; returns how many."""
+    def prepare(self, sweep: bool = True) -> int:
+        """Create the directories and sweep temp files a crash left; returns how many.
+
+        ``sweep=False`` for a process that must not touch the temp files of
+        others sharing the root (a screen worker next to a receiving node).
+        """
         (self.root / _INSTANCES).mkdir(parents=True, exist_ok=True)
         self._tmp.mkdir(parents=True, exist_ok=True)
         swept = 0
-        for leftover in self._tmp.iterdir():
+        for leftover in self._tmp.iterdir() if sweep else ():
             leftover.unlink(missing_ok=True)
             swept += 1
         self.direct_io = self._want_direct and direct_io_works(self._tmp)

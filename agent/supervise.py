@@ -1,0 +1,143 @@
+"""``serve --role all``: one node and one screen worker as child processes, supervised.
+
+The model lives in a process of its own, so loading it does not slow
+reception, and a crash or an OOM kill of the model ends only the screen
+worker: this parent starts it again after a backoff that doubles while it
+keeps dying. SIGTERM and SIGINT go to both children, each of which stops
+cleanly within ``--grace``. If the node dies, the worker is stopped and the
+command exits non-zero: without its node the agent receives nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+#: Environment variable that tells a child its supervisor's pid (it stops if orphaned).
+SUPERVISOR_ENV = "HYPERCT_SUPERVISOR_PID"
+RESTART_FIRST_S = 1.0
+RESTART_MAX_S = 60.0
+#: A worker that ran this long before dying starts again after the first delay.
+STABLE_S = 60.0
+# Seconds beyond --grace the children may take to stop (their own watchdogs fire first).
+_STOP_MARGIN_S = 40.0
+_POLL_S = 0.2
+
+
+def child_command(role: str, args: argparse.Namespace) -> list[str]:
+    """This same program (interpreter options and launcher kept) as ``serve --role ROLE``."""
+    argv = list(getattr(sys, "orig_argv", []))
+    prefix = [sys.executable, "-m", "agent"]
+    if "serve" in argv[1:]:
+        prefix = [sys.executable, *argv[1 : argv.index("serve", 1)]]
+    cmd = [*prefix, "serve", "--role", role, "--grace", repr(float(args.grace))]
+    if args.config is not None:
+        cmd += ["--config", str(args.config)]
+    return cmd
+
+
+def _exit_status(code: int) -> int:
+    """A child's status as a shell reports it (killed by signal N: 128 + N)."""
+    return 128 - code if code < 0 else code
+
+
+class _Child:
+    def __init__(self, role: str, args: argparse.Namespace, log: Any) -> None:
+        env = {**os.environ, SUPERVISOR_ENV: str(os.getpid())}
+        self.role = role
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(child_command(role, args), env=env)
+        log.info("child started", role=role, pid=self.proc.pid)
+
+    def signal(self, signum: int) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signum)
+
+
+def supervise(args: argparse.Namespace) -> int:
+    from agent.logs import get_logger
+    from agent.runtime import open_runtime
+
+    stopping = threading.Event()
+    received: list[int] = []
+
+    def _on_signal(signum: int, _frame: object) -> None:
+        received.append(signum)
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    # Bad config or an unreachable database: one line here, before any child starts;
+    # and the schema is migrated once, not raced by the two children.
+    open_runtime(args.config, migrate=True).close()
+    log = get_logger("agent.supervise")
+    if stopping.is_set():
+        return 0
+    node = _Child("node", args, log)
+    worker: _Child | None = _Child("screen", args, log)
+    delay, restart_at = 0.0, 0.0
+    while not stopping.is_set() and node.proc.poll() is None:
+        now = time.monotonic()
+        if worker is None and now >= restart_at:
+            worker = _Child("screen", args, log)
+        elif worker is not None and worker.proc.poll() is not None:
+            ran = now - worker.started
+            quick = ran < STABLE_S and delay > 0
+            delay = min(RESTART_MAX_S, delay * 2) if quick else RESTART_FIRST_S
+            log.error(
+                "screen worker exited; restarting it",
+                exit_status=_exit_status(worker.proc.returncode),
+                ran_seconds=round(ran, 1),
+                restart_in_seconds=delay,
+            )
+            worker, restart_at = None, now + delay
+        stopping.wait(_POLL_S)
+
+    node_died = not stopping.is_set()
+    if node_died:
+        log.error(
+            "node exited; stopping the screen worker",
+            exit_status=_exit_status(node.proc.returncode),
+        )
+    signum = received[0] if received else signal.SIGTERM
+    children = [c for c in (node, worker) if c is not None]
+    for child in children:
+        child.signal(signum)
+    deadline = time.monotonic() + args.grace + _STOP_MARGIN_S
+    for child in children:
+        try:
+            child.proc.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            log.error("child did not stop in time; killing it", role=child.role)
+            child.proc.kill()
+            child.proc.wait()
+    node_status = _exit_status(node.proc.returncode)
+    if node_died:
+        return node_status or 1
+    if node_status:
+        return node_status
+    # A worker killed by the forwarded signal before it set its handlers is no error.
+    code = worker.proc.returncode if worker is not None else 0
+    return code if code > 0 else 0
+
+
+def watch_supervisor(stop: threading.Event, log: Any) -> None:
+    """In a child: stop cleanly if the supervisor is gone (killed outright, say)."""
+    expected = os.environ.get(SUPERVISOR_ENV)
+    if not expected or not expected.isdigit():
+        return
+
+    def watch() -> None:
+        while not stop.wait(1.0):
+            if os.getppid() != int(expected):
+                log.error("supervisor gone; stopping")
+                stop.set()
+                return
+
+    threading.Thread(target=watch, name="supervisor-watch", daemon=True).start()

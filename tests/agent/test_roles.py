@@ -1,0 +1,236 @@
+"""``serve --role node|screen|all``: a node without the model, shared queues, supervision."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine, func, select
+from sqlalchemy.orm import Session
+
+from storage.models import Job, JobState, Report, ReportState, Result
+from tests.agent.conftest import DCMTK_ENV, NODE_AET, dcmtk
+from tests.agent.pipeline_env import Serve, agent_config, chest_series, tiny_checkpoint, wait_for
+from tests.agent.test_pipeline_faults import Receiver, send
+from tests.support.ct_series import ct_series, write_series
+
+#: What a node must never import: torch, and the model modules of hyperct_core.
+MODEL_MODULES = (
+    "torch",
+    "hyperct_core.backbone",
+    "hyperct_core.checkpoint",
+    "hyperct_core.hypernet",
+    "hyperct_core.inference",
+    "hyperct_core.lora",
+    "hyperct_core.model",
+    "hyperct_core.preprocess",
+    "hyperct_core.train",
+)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_checkpoint(tmp_path_factory.mktemp("model"))
+
+
+def imported_modules(lines: list[str]) -> set[str]:
+    """Module names from ``-X importtime`` lines: ``import time: self | cumulative | name``."""
+    names = set()
+    for line in lines:
+        if line.startswith("import time:") and line.count("|") == 2:
+            names.add(line.rsplit("|", 1)[1].strip())
+    names.discard("imported package")
+    return names
+
+
+def storescu(port: int, files: list[Path]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [dcmtk("storescu"), "-aet", "PACS", "-aec", NODE_AET, "127.0.0.1", str(port),
+         *map(str, files)],
+        capture_output=True, text=True, env=DCMTK_ENV, timeout=120,
+    )  # fmt: skip
+
+
+def jobs(url: str) -> list[Job]:
+    engine = create_engine(url)
+    try:
+        with Session(engine) as s:
+            return list(s.scalars(select(Job).order_by(Job.id)))
+    finally:
+        engine.dispose()
+
+
+def healthz(port: int) -> tuple[int, dict[str, Any]]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as r:
+            return int(r.status), json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_a_node_never_imports_the_model(tmp_path: Path) -> None:
+    unloadable = tmp_path / "not-a-checkpoint"  # a node never opens it
+    unloadable.mkdir()
+    config = agent_config(tmp_path, unloadable, extra="[web]\nenabled = true\nport = 0\n")
+    url = f"sqlite:///{tmp_path / 'agent.db'}"
+    node = Serve(config, launcher=("-X", "importtime", "-m", "agent"), args=("--role", "node"))
+    try:
+        [web] = wait_for(lambda: node.events("web dashboard listening"), 30, "dashboard", node)
+        sent = storescu(node.port, write_series(ct_series(24), tmp_path / "series"))
+        assert sent.returncode == 0, sent.stdout + sent.stderr
+
+        def decided() -> bool:
+            return [j.state for j in jobs(url)] not in ([], [JobState.RECEIVING])
+
+        wait_for(decided, 60, "the sweep to decide the series", node)
+        code, health = healthz(web["port"])
+    finally:
+        assert node.stop() == 0
+    # No screen worker runs: the node says so instead of pretending a model.
+    checks = {c["name"]: c for c in health["checks"]}
+    assert code == 503 and not checks["model"]["ok"]
+    assert "no screen worker" in checks["model"]["detail"]
+    assert checks["listener"]["ok"] and checks["database"]["ok"]
+    modules = imported_modules(node.lines)
+    # The list is real: the node, its DICOM stack and its dashboard were imported.
+    assert {
+        "pynetdicom",
+        "agent.node.server",
+        "agent.pipeline.sweep",
+        "agent.web.server",
+    } <= modules
+    leaked = sorted(m for m in modules if m.split(".")[0] == "torch" or m in MODEL_MODULES)
+    assert leaked == []
+    assert not node.events("model loaded")
+
+
+def test_all_restarts_a_killed_screen_worker_and_keeps_receiving(
+    tmp_path: Path, checkpoint: Path
+) -> None:
+    config = agent_config(tmp_path, checkpoint)
+    url = f"sqlite:///{tmp_path / 'agent.db'}"
+    serve = Serve(config)  # --role all, the default
+    try:
+
+        def screen_child() -> int | None:
+            started = [e for e in serve.events("child started") if e["role"] == "screen"]
+            return int(started[-1]["pid"]) if started else None
+
+        first = wait_for(screen_child, 30, "the screen worker", serve)
+        wait_for(lambda: serve.events("screen worker started"), 60, "the worker running", serve)
+        os.kill(first, signal.SIGKILL)  # an OOM kill looks like this
+        # The node answers while the worker is down, and takes a whole study.
+        echo = subprocess.run(
+            [dcmtk("echoscu"), "-aet", "PACS", "-aec", NODE_AET, "127.0.0.1", str(serve.port)],
+            capture_output=True, text=True, env=DCMTK_ENV, timeout=30,
+        )  # fmt: skip
+        assert echo.returncode == 0, echo.stdout + echo.stderr
+        sent = storescu(serve.port, chest_series(tmp_path / "series"))
+        assert sent.returncode == 0, sent.stdout + sent.stderr
+        [restart] = wait_for(
+            lambda: serve.events("screen worker exited; restarting it"), 30, "a restart", serve
+        )
+        assert restart["exit_status"] == 128 + signal.SIGKILL
+        wait_for(lambda: screen_child() != first, 30, "a new screen worker", serve)
+        done = wait_for(
+            lambda: [j.state for j in jobs(url)] == [JobState.DONE], 120, "screening", serve
+        )
+        assert done
+    finally:
+        assert serve.stop() == 0
+    [job] = jobs(url)
+    assert job.attempts == 1 and job.revision == 1
+    assert not serve.events("node exited; stopping the screen worker")
+    assert len(serve.events("stopped")) == 2  # the node's and the worker's clean stops
+
+
+def test_all_exits_non_zero_when_its_node_dies(tmp_path: Path, checkpoint: Path) -> None:
+    serve = Serve(agent_config(tmp_path, checkpoint))
+    try:
+        [node] = [e for e in serve.events("child started") if e["role"] == "node"]
+        os.kill(int(node["pid"]), signal.SIGKILL)
+        code = serve.proc.wait(60)
+    finally:
+        if serve.proc.poll() is None:
+            serve.proc.kill()
+    assert code == 128 + signal.SIGKILL
+    time.sleep(0.2)  # the drain thread takes the last lines
+    assert serve.events("node exited; stopping the screen worker")
+    screen = [e for e in serve.events("child started") if e["role"] == "screen"]
+    for event in screen:  # the worker was stopped, not left behind
+        with pytest.raises(ProcessLookupError):
+            os.kill(int(event["pid"]), 0)
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_two_nodes_and_two_screen_workers_share_one_database(
+    tmp_path: Path, checkpoint: Path, pg_server: object
+) -> None:
+    url_obj = pg_server.create_database()  # type: ignore[attr-defined]
+    url = url_obj.render_as_string(hide_password=False)
+    receiver = Receiver()
+    dest = [("pacs", "PACS", "127.0.0.1", receiver.port)]
+    configs = []
+    for name in ("a", "b", "c", "d"):
+        folder = tmp_path / name
+        folder.mkdir()
+        config = agent_config(folder, checkpoint, dest, database=url)
+        shared = f'root = "{tmp_path / "storage"}"'  # one storage root, as on a shared volume
+        config.write_text(config.read_text().replace('root = "storage"', shared))
+        configs.append(config)
+    nodes = [Serve(c, args=("--role", "node")) for c in configs[:2]]
+    workers = [
+        Serve(c, args=("--role", "screen"), ready="screen worker started") for c in configs[2:]
+    ]
+    procs = nodes + workers
+    try:
+        # Two series of one study, at once through different nodes: one is screened.
+        study = "1.2.826.0.1.3680043.8.498.4242"
+        series = [chest_series(tmp_path / f"s{i}", seed=20 + i, study_uid=study) for i in (0, 1)]
+        series += [chest_series(tmp_path / f"s{i}", seed=20 + i) for i in (2, 3)]
+        threads = [
+            threading.Thread(target=send, args=(nodes[i % 2].port, files))
+            for i, files in enumerate(series)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+
+        def settled() -> bool:
+            states = sorted(str(j.state) for j in jobs(url))
+            return states == ["done", "done", "done", "skipped"]
+
+        wait_for(settled, 300, "three series screened, one not chosen", workers[0])
+        wait_for(lambda: len(receiver.received) >= 9, 60, "nine objects delivered", nodes[0])
+        time.sleep(1.0)  # a duplicate decision, screening or send would show by now
+    finally:
+        for proc in procs:
+            assert proc.stop() == 0
+        receiver.stop()
+    screened = [e for w in workers for e in w.events("series screened")]
+    assert len(screened) == 3
+    assert not any(n.events("series screened") for n in nodes)
+    queued = [e for n in nodes for e in n.events("series decided") if e.get("state") == "queued"]
+    assert len(queued) == 3  # each decided once, by one of the two nodes
+    engine = create_engine(url)
+    with Session(engine) as s:
+        done = [j for j in s.scalars(select(Job)) if j.state == JobState.DONE]
+        assert all(j.attempts == 1 and j.revision == 1 for j in done)
+        assert s.scalar(select(func.count()).select_from(Result)) == 3 * 25
+        reports = s.scalars(select(Report)).all()
+        assert len(reports) == 9 and {r.state for r in reports} == {ReportState.SENT}
+        assert all(r.attempts == 1 for r in reports)
+    engine.dispose()
+    assert sorted(receiver.received) == sorted({r.sop_instance_uid for r in reports})
+    pg_server.drop_database(url_obj.database)  # type: ignore[attr-defined]
