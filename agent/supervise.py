@@ -28,6 +28,7 @@ STABLE_S = 60.0
 # Seconds beyond --grace the children may take to stop (their own watchdogs fire first).
 _STOP_MARGIN_S = 40.0
 _POLL_S = 0.2
+_PR_SET_PDEATHSIG = 1  # prctl(2)
 
 
 def child_command(role: str, args: argparse.Namespace) -> list[str]:
@@ -79,59 +80,102 @@ def supervise(args: argparse.Namespace) -> int:
     log = get_logger("agent.supervise")
     if stopping.is_set():
         return 0
-    node = _Child("node", args, log)
-    worker: _Child | None = _Child("screen", args, log)
-    delay, restart_at = 0.0, 0.0
-    while not stopping.is_set() and node.proc.poll() is None:
-        now = time.monotonic()
-        if worker is None and now >= restart_at:
-            worker = _Child("screen", args, log)
-        elif worker is not None and worker.proc.poll() is not None:
-            ran = now - worker.started
-            quick = ran < STABLE_S and delay > 0
-            delay = min(RESTART_MAX_S, delay * 2) if quick else RESTART_FIRST_S
+    supervisor = _Supervisor(args, log, stopping, received)
+    try:
+        return supervisor.run()
+    except BaseException:
+        supervisor.signal(signal.SIGTERM)
+        raise
+
+
+class _Supervisor:
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        log: Any,
+        stopping: threading.Event,
+        received: list[int],
+    ) -> None:
+        self.args = args
+        self.log = log
+        self.stopping = stopping
+        self.received = received
+        self.node: _Child | None = None
+        self.worker: _Child | None = None
+
+    def signal(self, signum: int) -> None:
+        for child in (self.node, self.worker):
+            if child is not None:
+                child.signal(signum)
+
+    def run(self) -> int:
+        """Supervise until a signal or the node's death; then stop both and say how it ended."""
+        args, log = self.args, self.log
+        self.node = node = _Child("node", args, log)
+        self.worker = _Child("screen", args, log)
+        delay, restart_at = 0.0, 0.0
+        while not self.stopping.is_set() and node.proc.poll() is None:
+            now = time.monotonic()
+            worker = self.worker
+            if worker is None and now >= restart_at:
+                self.worker = _Child("screen", args, log)
+            elif worker is not None and worker.proc.poll() is not None:
+                ran = now - worker.started
+                quick = ran < STABLE_S and delay > 0
+                delay = min(RESTART_MAX_S, delay * 2) if quick else RESTART_FIRST_S
+                log.error(
+                    "screen worker exited; restarting it",
+                    exit_status=_exit_status(worker.proc.returncode),
+                    ran_seconds=round(ran, 1),
+                    restart_in_seconds=delay,
+                )
+                self.worker, restart_at = None, now + delay
+            self.stopping.wait(_POLL_S)
+
+        node_died = not self.stopping.is_set()
+        if node_died:
             log.error(
-                "screen worker exited; restarting it",
-                exit_status=_exit_status(worker.proc.returncode),
-                ran_seconds=round(ran, 1),
-                restart_in_seconds=delay,
+                "node exited; stopping the screen worker",
+                exit_status=_exit_status(node.proc.returncode),
             )
-            worker, restart_at = None, now + delay
-        stopping.wait(_POLL_S)
-
-    node_died = not stopping.is_set()
-    if node_died:
-        log.error(
-            "node exited; stopping the screen worker",
-            exit_status=_exit_status(node.proc.returncode),
-        )
-    signum = received[0] if received else signal.SIGTERM
-    children = [c for c in (node, worker) if c is not None]
-    for child in children:
-        child.signal(signum)
-    deadline = time.monotonic() + args.grace + _STOP_MARGIN_S
-    for child in children:
-        try:
-            child.proc.wait(max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            log.error("child did not stop in time; killing it", role=child.role)
-            child.proc.kill()
-            child.proc.wait()
-    node_status = _exit_status(node.proc.returncode)
-    if node_died:
-        return node_status or 1
-    if node_status:
-        return node_status
-    # A worker killed by the forwarded signal before it set its handlers is no error.
-    code = worker.proc.returncode if worker is not None else 0
-    return code if code > 0 else 0
+        self.signal(self.received[0] if self.received else signal.SIGTERM)
+        deadline = time.monotonic() + args.grace + _STOP_MARGIN_S
+        for child in (c for c in (node, self.worker) if c is not None):
+            try:
+                child.proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.error("child did not stop in time; killing it", role=child.role)
+                child.proc.kill()
+                child.proc.wait()
+        node_status = _exit_status(node.proc.returncode)
+        if node_died:
+            return node_status or 1
+        if node_status:
+            return node_status
+        # A worker killed by the forwarded signal before it set its handlers is no error.
+        code = self.worker.proc.returncode if self.worker is not None else 0
+        return code if code > 0 else 0
 
 
-def watch_supervisor(stop: threading.Event, log: Any) -> None:
-    """In a child: stop cleanly if the supervisor is gone (killed outright, say)."""
-    expected = os.environ.get(SUPERVISOR_ENV)
-    if not expected or not expected.isdigit():
+def follow_supervisor(stop: threading.Event, log: Any) -> None:
+    """In a child of ``serve --role all``: end with the supervisor.
+
+    On Linux the kernel kills the child when the supervisor dies, so a
+    ``kill -9`` of the agent ends all of it at once, as it did when it was one
+    process (leases then lapse and are taken over). Elsewhere the child notices
+    within a second and stops cleanly.
+    """
+    expected = os.environ.get(SUPERVISOR_ENV, "")
+    if not expected.isdigit():
         return
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0:
+            if os.getppid() != int(expected):  # it died before the line above
+                os._exit(1)
+            return
 
     def watch() -> None:
         while not stop.wait(1.0):

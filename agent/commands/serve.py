@@ -81,7 +81,7 @@ def serve_role(args: argparse.Namespace) -> int:
     from agent.logs import get_logger
     from agent.pipeline.scheduler import NODE_STAGES, SCREEN_STAGES, Pipeline
     from agent.runtime import open_runtime
-    from agent.supervise import watch_supervisor
+    from agent.supervise import follow_supervisor
     from storage.audit import audit
 
     is_node = args.role == "node"
@@ -97,7 +97,7 @@ def serve_role(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
-    watch_supervisor(stop, log)
+    follow_supervisor(stop, log)
     store = runtime.instance_store()
     try:
         # Only a node sweeps leftovers: a screen worker next to a receiving node

@@ -113,6 +113,7 @@ def test_a_node_never_imports_the_model(tmp_path: Path) -> None:
     assert not node.events("model loaded")
 
 
+@pytest.mark.slow
 def test_all_restarts_a_killed_screen_worker_and_keeps_receiving(
     tmp_path: Path, checkpoint: Path
 ) -> None:
@@ -197,7 +198,7 @@ def test_two_nodes_and_two_screen_workers_share_one_database(
         # Two series of one study, at once through different nodes: one is screened.
         study = "1.2.826.0.1.3680043.8.498.4242"
         series = [chest_series(tmp_path / f"s{i}", seed=20 + i, study_uid=study) for i in (0, 1)]
-        series += [chest_series(tmp_path / f"s{i}", seed=20 + i) for i in (2, 3)]
+        series.append(chest_series(tmp_path / "s2", seed=22))
         threads = [
             threading.Thread(target=send, args=(nodes[i % 2].port, files))
             for i, files in enumerate(series)
@@ -208,28 +209,28 @@ def test_two_nodes_and_two_screen_workers_share_one_database(
             t.join(120)
 
         def settled() -> bool:
-            states = sorted(str(j.state) for j in jobs(url))
-            return states == ["done", "done", "done", "skipped"]
+            return sorted(str(j.state) for j in jobs(url)) == ["done", "done", "skipped"]
 
-        wait_for(settled, 300, "three series screened, one not chosen", workers[0])
-        wait_for(lambda: len(receiver.received) >= 9, 60, "nine objects delivered", nodes[0])
+        wait_for(settled, 300, "two series screened, one not chosen", workers[0])
+        wait_for(lambda: len(receiver.received) >= 6, 60, "six objects delivered", nodes[0])
         time.sleep(1.0)  # a duplicate decision, screening or send would show by now
     finally:
         for proc in procs:
             assert proc.stop() == 0
         receiver.stop()
-    screened = [e for w in workers for e in w.events("series screened")]
-    assert len(screened) == 3
+    screened = [e["job"] for w in workers for e in w.events("series screened")]
     assert not any(n.events("series screened") for n in nodes)
-    queued = [e for n in nodes for e in n.events("series decided") if e.get("state") == "queued"]
-    assert len(queued) == 3  # each decided once, by one of the two nodes
+    # A series queued first may give way to its sibling; none is queued twice.
+    queued = [e["job"] for n in nodes for e in n.events("series decided") if e["state"] == "queued"]
+    assert len(queued) == len(set(queued)) and set(screened) <= set(queued)
     engine = create_engine(url)
     with Session(engine) as s:
         done = [j for j in s.scalars(select(Job)) if j.state == JobState.DONE]
+        assert sorted(screened) == sorted(j.id for j in done)  # each screened exactly once
         assert all(j.attempts == 1 and j.revision == 1 for j in done)
-        assert s.scalar(select(func.count()).select_from(Result)) == 3 * 25
+        assert s.scalar(select(func.count()).select_from(Result)) == 2 * 25
         reports = s.scalars(select(Report)).all()
-        assert len(reports) == 9 and {r.state for r in reports} == {ReportState.SENT}
+        assert len(reports) == 6 and {r.state for r in reports} == {ReportState.SENT}
         assert all(r.attempts == 1 for r in reports)
     engine.dispose()
     assert sorted(receiver.received) == sorted({r.sop_instance_uid for r in reports})
