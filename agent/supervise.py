@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -21,6 +22,8 @@ from typing import Any
 
 #: Environment variable that tells a child its supervisor's pid (it stops if orphaned).
 SUPERVISOR_ENV = "HYPERCT_SUPERVISOR_PID"
+#: Environment variable naming the pipe a node child writes to once it is up.
+READY_ENV = "HYPERCT_READY_FD"
 RESTART_FIRST_S = 1.0
 RESTART_MAX_S = 60.0
 #: A worker that ran this long before dying starts again after the first delay.
@@ -49,11 +52,17 @@ def _exit_status(code: int) -> int:
 
 
 class _Child:
-    def __init__(self, role: str, args: argparse.Namespace, log: Any) -> None:
+    def __init__(
+        self, role: str, args: argparse.Namespace, log: Any, ready_fd: int | None = None
+    ) -> None:
         env = {**os.environ, SUPERVISOR_ENV: str(os.getpid())}
+        env.pop(READY_ENV, None)
+        fds: tuple[int, ...] = ()
+        if ready_fd is not None:
+            env[READY_ENV], fds = str(ready_fd), (ready_fd,)
         self.role = role
         self.started = time.monotonic()
-        self.proc = subprocess.Popen(child_command(role, args), env=env)
+        self.proc = subprocess.Popen(child_command(role, args), env=env, pass_fds=fds)
         log.info("child started", role=role, pid=self.proc.pid)
 
     def signal(self, signum: int) -> None:
@@ -111,7 +120,23 @@ class _Supervisor:
     def run(self) -> int:
         """Supervise until a signal or the node's death; then stop both and say how it ended."""
         args, log = self.args, self.log
-        self.node = node = _Child("node", args, log)
+        # The worker starts once the node is up: the model's load does not slow the
+        # node's start, and a node that cannot start (its one error line said why)
+        # ends the command at once, with nothing more to say.
+        read_end, write_end = os.pipe()
+        try:
+            self.node = node = _Child("node", args, log, ready_fd=write_end)
+        finally:
+            os.close(write_end)
+        try:
+            ready = self._wait_ready(node, read_end)
+        finally:
+            os.close(read_end)
+        if not ready:
+            if not self.stopping.is_set():
+                return _exit_status(node.proc.wait()) or 1
+            self.signal(self.received[0])
+            return _exit_status(node.proc.wait())
         self.worker = _Child("screen", args, log)
         delay, restart_at = 0.0, 0.0
         while not self.stopping.is_set() and node.proc.poll() is None:
@@ -155,6 +180,25 @@ class _Supervisor:
         # A worker killed by the forwarded signal before it set its handlers is no error.
         code = self.worker.proc.returncode if self.worker is not None else 0
         return code if code > 0 else 0
+
+    def _wait_ready(self, node: _Child, read_end: int) -> bool:
+        """True once the node says it is up; False if it exited first or a signal came."""
+        while not self.stopping.is_set():
+            readable, _, _ = select.select([read_end], [], [], _POLL_S)
+            if readable:
+                return bool(os.read(read_end, 1))  # b"": the node exited before it was up
+        return False
+
+
+def tell_supervisor_ready() -> None:
+    """In a node child of ``serve --role all``: say it is up (listening, dashboard running)."""
+    fd = os.environ.pop(READY_ENV, "")
+    if fd.isdigit():
+        try:
+            os.write(int(fd), b"1")
+            os.close(int(fd))
+        except OSError:
+            pass  # the supervisor is gone: follow_supervisor ends this process
 
 
 def follow_supervisor(stop: threading.Event, log: Any) -> None:

@@ -81,7 +81,7 @@ def serve_role(args: argparse.Namespace) -> int:
     from agent.logs import get_logger
     from agent.pipeline.scheduler import NODE_STAGES, SCREEN_STAGES, Pipeline
     from agent.runtime import open_runtime
-    from agent.supervise import follow_supervisor
+    from agent.supervise import follow_supervisor, tell_supervisor_ready
     from storage.audit import audit
 
     is_node = args.role == "node"
@@ -100,9 +100,7 @@ def serve_role(args: argparse.Namespace) -> int:
     follow_supervisor(stop, log)
     store = runtime.instance_store()
     try:
-        # Only a node sweeps leftovers: a screen worker next to a receiving node
-        # must not take the node's temp files for a crash's.
-        swept = store.prepare(sweep=is_node)
+        swept = store.prepare()
     except OSError as exc:
         raise AgentError(f"storage root {settings.storage.root}: {exc.strerror or exc}") from None
     if swept:
@@ -145,6 +143,8 @@ def serve_role(args: argparse.Namespace) -> int:
             board = WorkerBoard(settings.storage.root, settings.pipeline.lease_seconds)
             web = start_dashboard(settings, runtime.engine, node=node, workers=board)
             log.info("web dashboard listening", host=settings.web.host, port=web.port)
+        if is_node:
+            tell_supervisor_ready()
         stop.wait()
     finally:
         # Whatever step below might hang (a peer that never lets go, a lock),

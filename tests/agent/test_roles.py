@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -17,6 +19,7 @@ import pytest
 from sqlalchemy import create_engine, func, select
 from sqlalchemy.orm import Session
 
+from agent.supervise import child_command
 from storage.models import Job, JobState, Report, ReportState, Result
 from tests.agent.conftest import DCMTK_ENV, NODE_AET, dcmtk
 from tests.agent.pipeline_env import Serve, agent_config, chest_series, tiny_checkpoint, wait_for
@@ -158,6 +161,11 @@ def test_all_exits_non_zero_when_its_node_dies(tmp_path: Path, checkpoint: Path)
     serve = Serve(agent_config(tmp_path, checkpoint))
     try:
         [node] = [e for e in serve.events("child started") if e["role"] == "node"]
+
+        def worker_started() -> bool:
+            return any(e["role"] == "screen" for e in serve.events("child started"))
+
+        wait_for(worker_started, 30, "the screen worker", serve)
         os.kill(int(node["pid"]), signal.SIGKILL)
         code = serve.proc.wait(60)
     finally:
@@ -235,3 +243,96 @@ def test_two_nodes_and_two_screen_workers_share_one_database(
     engine.dispose()
     assert sorted(receiver.received) == sorted({r.sop_instance_uid for r in reports})
     pg_server.drop_database(url_obj.database)  # type: ignore[attr-defined]
+
+
+def test_children_run_the_same_program_with_its_interpreter_options(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    args = argparse.Namespace(grace=2.5, config=tmp_path / "agent.toml")
+    launched = ["python", "-X", "importtime", "-m", "tests.agent.slow_serve", "8", "serve"]
+    monkeypatch.setattr(sys, "orig_argv", [*launched, "--config", "serve"])
+    assert child_command("screen", args) == [
+        sys.executable, "-X", "importtime", "-m", "tests.agent.slow_serve", "8",
+        "serve", "--role", "screen", "--grace", "2.5", "--config", str(tmp_path / "agent.toml"),
+    ]  # fmt: skip
+    monkeypatch.setattr(sys, "orig_argv", ["/venv/bin/python", "/venv/bin/hyperct-agent", "serve"])
+    assert child_command("node", argparse.Namespace(grace=0.0, config=None)) == [
+        sys.executable, "/venv/bin/hyperct-agent", "serve", "--role", "node", "--grace", "0.0",
+    ]  # fmt: skip
+
+
+def test_a_node_reports_the_model_as_its_workers_recorded_it(
+    tmp_path: Path, checkpoint: Path
+) -> None:
+    """Status files from real ModelHolders: one that fails to load, then one that loads."""
+    from agent.config import ModelSettings
+    from agent.pipeline.model import ModelHolder
+    from agent.pipeline.workers import WorkerBoard, WorkerStatus
+    from agent.web.metrics import WorkersCollector
+
+    board = WorkerBoard(tmp_path, max_age_seconds=60.0)
+    assert board.model_state() == (
+        False,
+        "no screen worker running (none reported within the lease)",
+    )
+    broken = tmp_path / "not-a-checkpoint"
+    broken.mkdir()
+    failing = ModelHolder(ModelSettings(checkpoint=broken))
+    failing.start()
+    failing.get(timeout=120)
+    first = WorkerStatus(tmp_path, "host:1:aa", failing, every_seconds=60.0)
+    first.start()
+    ok, detail = wait_for(lambda: board.model_state()[1] != "loading" and board.model_state(),
+                          30, "the failure recorded")  # fmt: skip
+    assert not ok and detail.startswith("failed: ")
+    first.stop()  # stopped: no longer counts as live
+    assert board.live() == []
+
+    loaded = ModelHolder(ModelSettings(checkpoint=checkpoint, dtype="float32"))
+    loaded.start()
+    assert loaded.get(timeout=120) is not None
+    second = WorkerStatus(tmp_path, "host:2:bb", loaded, every_seconds=60.0)
+    second.start()
+    second.observe(0.3)
+    second.observe(7.0)
+    ok, detail = wait_for(lambda: board.model_state()[0] and board.model_state(), 30, "loaded")
+    assert detail == "loaded (version 0.0.1) by 1 screen worker(s)"
+    samples = {
+        (s.name, s.labels.get("le")): s.value
+        for family in WorkersCollector(board).collect()
+        for s in family.samples
+    }
+    assert samples[("hyperct_model_loaded", None)] == 1
+    assert samples[("hyperct_inference_seconds_count", None)] == 2
+    assert samples[("hyperct_inference_seconds_sum", None)] == pytest.approx(7.3)
+    assert samples[("hyperct_inference_seconds_bucket", "0.5")] == 1
+    assert samples[("hyperct_inference_seconds_bucket", "10.0")] == 2
+    second.stop()
+    assert samples and board.model_state()[0] is False
+
+
+def test_a_start_sweeps_only_temp_files_whose_writer_is_gone(tmp_path: Path) -> None:
+    """Nodes and workers share the storage root: a start leaves a live writer's files alone."""
+    from storage.files import _TMP_OWNER, InstanceStore
+
+    tmp = tmp_path / ".tmp"
+    tmp.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        kept = [tmp / f"{_TMP_OWNER}~{live.pid}~a.part", tmp / "otherhost~7~b.part"]
+        swept = [
+            tmp / f"{_TMP_OWNER}~{dead.pid}~c.part",
+            tmp / "otherhost~8~d.part",  # another host's, untouched for two hours
+            tmp / "deadbeef.part",  # not named by a writer
+        ]
+        for path in kept + swept:
+            path.write_bytes(b"half an instance")
+        two_hours_ago = time.time() - 7200
+        os.utime(swept[1], (two_hours_ago, two_hours_ago))
+        assert InstanceStore(tmp_path).prepare() == len(swept)
+        assert sorted(tmp.iterdir()) == sorted(kept)
+    finally:
+        live.kill()
+        live.wait()
