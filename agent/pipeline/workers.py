@@ -91,26 +91,30 @@ class WorkerStatus:
             return {"state": "failed", "error": self.holder.error}
         return {"state": "loading"}
 
-    def write(self, stopped: bool = False) -> None:
+    def write(self) -> None:
+        # One writer at a time, from reading the counts to the rename: a write
+        # that read older counts never replaces a newer file.
         with self._lock:
             record = {
                 "worker": self.worker,
                 "updated_at": time.time(),
-                "stopped": stopped,
+                "stopped": self._stop.is_set(),  # a late batch after stop keeps saying so
                 "model": self._model(),
                 "inference": {"count": self._count, "sum": self._sum, "buckets": self._buckets},
             }
-        tmp = self.folder / f".{self.path.name}.{uuid.uuid4().hex[:8]}"
-        try:
-            tmp.write_text(json.dumps(record))
-            os.replace(tmp, self.path)
-        except OSError as exc:  # a full or gone storage root: the dashboard shows it stale
-            tmp.unlink(missing_ok=True)
-            log.debug("worker status not written", error=str(exc))
+            tmp = self.folder / f".{self.path.name}.{uuid.uuid4().hex[:8]}"
+            try:
+                tmp.write_text(json.dumps(record))
+                os.replace(tmp, self.path)
+            except OSError as exc:  # a full or gone storage root: the dashboard shows it stale
+                tmp.unlink(missing_ok=True)
+                log.debug("worker status not written", error=str(exc))
 
     def stop(self) -> None:
         self._stop.set()
-        self.write(stopped=True)
+        if self._thread.is_alive():
+            self._thread.join(timeout=5.0)  # its last write must not land after this one
+        self.write()
 
 
 def timed(holder: Any, observe: Callable[[float], None]) -> None:

@@ -300,9 +300,12 @@ def test_a_node_reports_the_model_as_its_workers_recorded_it(
     failing.get(timeout=120)
     first = WorkerStatus(tmp_path, "host:1:aa", failing, every_seconds=60.0)
     first.start()
-    ok, detail = wait_for(lambda: board.model_state()[1] != "loading" and board.model_state(),
-                          30, "the failure recorded")  # fmt: skip
-    assert not ok and detail.startswith("failed: ")
+    ok, detail = wait_for(
+        lambda: (state := board.model_state())[1].startswith("failed: ") and state,
+        30,
+        "the failure recorded",
+    )
+    assert not ok and "model.safetensors" in detail
     first.stop()  # stopped: no longer counts as live
     assert board.live() == []
 
