@@ -22,7 +22,9 @@ import hashlib
 import mmap
 import os
 import shutil
+import socket
 import threading
+import time
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -30,6 +32,33 @@ from pathlib import Path, PurePosixPath
 
 _TMP = ".tmp"
 _INSTANCES = "instances"
+#: A temp file another host is writing is swept only after this long (its writer
+#: cannot be asked whether it lives); an instance is written in far less.
+FOREIGN_TMP_SECONDS = 3600.0
+# Temp files are named "<host>~<pid>~<random>.part": who writes them.
+_TMP_OWNER = "".join(c if c.isalnum() or c in "-." else "_" for c in socket.gethostname())
+
+
+def _orphaned(path: Path) -> bool:
+    """A temp file whose writer is gone (or a name not written by this code)."""
+    parts = path.name.split("~")
+    if len(parts) != 3 or not parts[1].isdigit():
+        return True
+    host, pid = parts[0], int(parts[1])
+    if host != _TMP_OWNER:
+        try:
+            return time.time() - path.stat().st_mtime > FOREIGN_TMP_SECONDS
+        except OSError:
+            return False
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # alive, someone else's
+    return False
 
 
 class OutOfSpace(OSError):
@@ -179,13 +208,20 @@ class InstanceStore:
         self._workers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="instance-io")
 
     def prepare(self) -> int:
-        """Create the directories and sweep temp files a crash left; returns how many."""
+        """Create the directories and sweep temp files a crash left; returns how many.
+
+        Several processes may share the root (nodes and screen workers, on one
+        host or on a shared volume): only files whose writer is gone are swept,
+        those of a dead process on this host at once, another host's after
+        :data:`FOREIGN_TMP_SECONDS`.
+        """
         (self.root / _INSTANCES).mkdir(parents=True, exist_ok=True)
         self._tmp.mkdir(parents=True, exist_ok=True)
         swept = 0
         for leftover in self._tmp.iterdir():
-            leftover.unlink(missing_ok=True)
-            swept += 1
+            if _orphaned(leftover):
+                leftover.unlink(missing_ok=True)
+                swept += 1
         self.direct_io = self._want_direct and direct_io_works(self._tmp)
         return swept
 
@@ -204,7 +240,7 @@ class InstanceStore:
         """
         size = sum(len(c) for c in chunks)
         self.check_space(size)
-        tmp = self._tmp / f"{uuid.uuid4().hex}.part"
+        tmp = self._tmp / f"{_TMP_OWNER}~{os.getpid()}~{uuid.uuid4().hex}.part"
         digest = self._workers.submit(_sha256, hashed)
         written = self._workers.submit(_write_durably, tmp, chunks, self.direct_io)
         return StagedFile(tmp, size, digest, written)

@@ -1,5 +1,10 @@
 """The pipeline's clock: APScheduler runs sweep, screen and deliver inside ``serve``.
 
+A node runs the sweep and delivery (:data:`NODE_STAGES`), a screen worker
+the screening (:data:`SCREEN_STAGES`); they meet only in the database, so
+several of each may share one. A screen worker also keeps its status file
+(:mod:`agent.pipeline.workers`), which a node's dashboard reads.
+
 Each stage is an interval job that never overlaps itself; a stage that
 produced work wakes the next at once, so a series does not wait a whole
 interval between stages. ``stop`` lets in-flight work finish for a grace
@@ -32,10 +37,15 @@ from agent.pipeline.deliver import Deliverer
 from agent.pipeline.model import ModelHolder
 from agent.pipeline.screen import ReportWriter, Screener
 from agent.pipeline.sweep import Sweeper
+from agent.pipeline.workers import WorkerStatus, timed
 from storage.files import InstanceStore
 from storage.queue import release_jobs, release_reports, renew_jobs
 
 log = get_logger("agent.pipeline")
+
+NODE_STAGES = ("sweep", "deliver")
+SCREEN_STAGES = ("screen",)
+ALL_STAGES = ("sweep", "screen", "deliver")
 
 
 def worker_id() -> str:
@@ -49,15 +59,35 @@ class Pipeline:
         settings: Settings,
         sessions: sessionmaker[Session],
         store: InstanceStore,
-        write_reports: ReportWriter,
+        write_reports: ReportWriter | None = None,
         model: ModelHolder | None = None,
+        stages: tuple[str, ...] = ALL_STAGES,
     ) -> None:
         self.settings = settings
         self.sessions = sessions
         self.worker = worker_id()
-        self.model = model or ModelHolder(settings.model, cache=settings.storage.root / "models")
+        self.stages = stages
+        self.model: ModelHolder | None = None
+        self.screener: Screener | None = None
+        self.status: WorkerStatus | None = None
+        if "screen" in stages:
+            if write_reports is None:
+                raise ValueError("the screen stage needs a report writer")
+            self.model = model or ModelHolder(
+                settings.model, cache=settings.storage.root / "models"
+            )
+            self.screener = Screener(
+                settings, sessions, store, self.model, self.worker, write_reports
+            )
+            if stages == SCREEN_STAGES:  # a worker of its own: nodes read what it records
+                self.status = WorkerStatus(
+                    settings.storage.root,
+                    self.worker,
+                    self.model,
+                    settings.pipeline.lease_renew_seconds,
+                )
+                timed(self.model, self.status.observe)
         self.sweeper = Sweeper(settings, sessions)
-        self.screener = Screener(settings, sessions, store, self.model, self.worker, write_reports)
         self.deliverer = Deliverer(settings, sessions, store, self.worker)
         self._stopping = threading.Event()
         self._busy = 0
@@ -74,7 +104,10 @@ class Pipeline:
         """Renew the leases of the batch and the deliveries in progress until the pipeline stops."""
         every = self.settings.pipeline.lease_renew_seconds
         while not self._stopping.wait(every):
-            self.deliverer.renew_leases()
+            if "deliver" in self.stages:
+                self.deliverer.renew_leases()
+            if self.screener is None:
+                continue
             held = self.screener.held()
             if not held:
                 continue
@@ -92,7 +125,10 @@ class Pipeline:
                 log.debug("leases renewed", jobs=len(renewed))
 
     def start(self) -> None:
-        self.model.start()
+        if self.model is not None:
+            self.model.start()
+        if self.status is not None:
+            self.status.start()
         every = self.settings.pipeline.sweep_seconds
         now = datetime.now(UTC)
         stages: list[tuple[str, Callable[[], int], str | None]] = [
@@ -101,6 +137,8 @@ class Pipeline:
             ("deliver", self.deliverer.run_once, None),
         ]
         for name, stage, then in stages:
+            if name not in self.stages:
+                continue
             self._scheduler.add_job(
                 self._guarded(name, stage, then),
                 "interval",
@@ -109,8 +147,11 @@ class Pipeline:
                 next_run_time=now,
             )
         self._scheduler.start()
-        self._heartbeat.start()
-        log.info("pipeline started", worker=self.worker, every_seconds=every)
+        if self.screener is not None or "deliver" in self.stages:
+            self._heartbeat.start()
+        log.info(
+            "pipeline started", worker=self.worker, stages=list(self.stages), every_seconds=every
+        )
 
     def wake(self, stage: str) -> None:
         """Run ``stage`` as soon as possible (it never runs twice at once)."""
@@ -121,6 +162,7 @@ class Pipeline:
             job.modify(next_run_time=datetime.now(UTC))
 
     def _screen_all(self) -> int:
+        assert self.screener is not None
         total = 0
         while not self._stopping.is_set():
             done = self.screener.run_once()
@@ -158,6 +200,8 @@ class Pipeline:
         while self._busy and time.monotonic() < deadline:
             time.sleep(0.05)
         idle = self._busy == 0
+        if self.status is not None:
+            self.status.stop()
         try:
             with self.sessions.begin() as session:
                 jobs = release_jobs(session, self.worker)

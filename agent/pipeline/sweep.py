@@ -5,7 +5,9 @@ geometry), then eligibility, then, among the eligible complete series of the
 same study, the one to screen. Every decision keeps its reasons in the job
 row, so ``hyperct-agent explain`` can show them. Each job is decided in its
 own short transaction with its row locked (``FOR UPDATE SKIP LOCKED`` on
-PostgreSQL), so two agent processes never decide the same series.
+PostgreSQL), so two agent processes never decide the same series. Choosing
+among a study's series locks the study row first, so two processes deciding
+two series of one study take turns and both see the other's choice.
 
 Instances that arrive after a decision: a series that was not screened
 (incomplete or skipped) is decided again, since the new slices may complete
@@ -32,7 +34,7 @@ from agent.series.decision import (
     place_in_study,
 )
 from agent.series.facts import SeriesFacts
-from storage.models import Job, JobState, Series
+from storage.models import Job, JobState, Series, Study
 from storage.types import utcnow
 
 log = get_logger("agent.sweep")
@@ -86,6 +88,13 @@ class Sweeper:
         self, session: Session, job: Job, facts: SeriesFacts, verdict: Verdict, now: datetime
     ) -> int:
         """Screen one series per study: this one, or one already chosen."""
+        # Held to the commit: another process choosing in this study waits here.
+        # NO KEY UPDATE: the node's inserts of new series (a key share) never wait on it.
+        session.execute(
+            select(Study.id)
+            .where(Study.study_instance_uid == facts.study_instance_uid)
+            .with_for_update(key_share=True)
+        )
         siblings = {
             f.series_instance_uid: f
             for f in study_facts_from_db(
@@ -97,6 +106,7 @@ class Sweeper:
             select(Series.series_instance_uid, Job)
             .join(Job, Job.series_id == Series.id)
             .where(Series.series_instance_uid.in_(siblings), Job.state.in_(CHOSEN))
+            .with_for_update(of=Job)  # a screen worker's claim of a sibling is seen, not undone
         ).all()
         chosen_jobs = {uid: sibling for uid, sibling in rows}
         placement = place_in_study(

@@ -64,6 +64,11 @@ def model_probe(holder: Any) -> Probe:
     return probe
 
 
+def workers_probe(board: Any) -> Probe:
+    """The model as the screen workers last recorded it (a node loads none itself)."""
+    return board.model_state
+
+
 def listener_probe(node: Any) -> Probe:
     """The DICOM node's listening socket is open (``RunningNode`` from agent.node.server)."""
 

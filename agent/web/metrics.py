@@ -14,19 +14,23 @@ from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from agent.logs import get_logger
+from agent.pipeline.workers import INFERENCE_BUCKETS
 from storage.results import metric_counts
 
 log = get_logger("agent.web")
 
 PREFIX = "hyperct"
-# A batch on CPU takes seconds; on a GPU well under one.
-INFERENCE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 
 
 class DatabaseCollector(Collector):
@@ -104,6 +108,41 @@ class ModelCollector(Collector):
         yield g
 
 
+class WorkersCollector(Collector):
+    """The model and inference times as the screen workers last recorded them (a node).
+
+    Inference counts add up over every worker file, stopped ones included, so
+    the totals only grow while the files are kept.
+    """
+
+    def __init__(self, board: Any) -> None:
+        self.board = board
+
+    def collect(self) -> Iterator[Metric]:
+        records = self.board.records()
+        live = {r.worker for r in self.board.live()}
+        g = GaugeMetricFamily(f"{PREFIX}_model_loaded", "1 once the model is loaded")
+        loaded = any(r.worker in live and r.model.get("state") == "loaded" for r in records)
+        g.add_metric([], 1 if loaded else 0)
+        yield g
+        counts = [0] * len(INFERENCE_BUCKETS)
+        total, seconds = 0, 0.0
+        for r in records:
+            buckets = r.inference.get("buckets") or []
+            if len(buckets) != len(counts):
+                continue
+            counts = [a + int(b) for a, b in zip(counts, buckets, strict=True)]
+            total += int(r.inference.get("count", 0))
+            seconds += float(r.inference.get("sum", 0.0))
+        yield HistogramMetricFamily(
+            f"{PREFIX}_inference_seconds",
+            "Wall time of one model call on a batch of series",
+            buckets=[(str(b), n) for b, n in zip(INFERENCE_BUCKETS, counts, strict=True)]
+            + [("+Inf", total)],
+            sum_value=seconds,
+        )
+
+
 def inference_histogram() -> Histogram:
     return Histogram(
         f"{PREFIX}_inference_seconds",
@@ -147,12 +186,17 @@ def time_inference(holder: Any, histogram: Histogram) -> None:
 
 
 def build_registry(
-    sessions: sessionmaker[Session], holder: Any | None, histogram: Histogram | None
+    sessions: sessionmaker[Session],
+    holder: Any | None,
+    histogram: Histogram | None,
+    workers: Any | None = None,
 ) -> CollectorRegistry:
     """A registry of its own (not the global one): several dashboards in one process agree."""
     registry = CollectorRegistry(auto_describe=True)
     registry.register(DatabaseCollector(sessions))
-    if holder is not None:
+    if workers is not None:
+        registry.register(WorkersCollector(workers))
+    elif holder is not None:
         registry.register(ModelCollector(holder))
     if histogram is not None:
         registry.register(histogram)

@@ -50,6 +50,7 @@ from agent.web.health import (
     model_probe,
     run_checks,
     storage_probe,
+    workers_probe,
 )
 from agent.web.metrics import build_registry, inference_histogram, time_inference
 from storage import results as queries
@@ -498,11 +499,14 @@ def start_dashboard(
     extra_probes: dict[str, Probe] | None = None,
     histogram: Histogram | None = None,
     on_ready: Callable[[Dashboard], None] | None = None,
+    workers: Any | None = None,
 ) -> Dashboard:
     """Build and start the dashboard of a running agent (``serve``).
 
     ``model`` is the pipeline's ModelHolder (its inference is timed from here
     on) and ``node`` the RunningNode; either may be None in tools and tests.
+    A node without a model passes ``workers`` (a WorkerBoard) instead: the
+    model and inference times as the screen workers last recorded them.
     """
     sessions = make_session_factory(engine, read_only=True)
     if model is not None and histogram is None:
@@ -514,10 +518,12 @@ def start_dashboard(
     }
     if model is not None:
         probes["model"] = model_probe(model)
+    elif workers is not None:
+        probes["model"] = workers_probe(workers)
     if node is not None:
         probes["listener"] = listener_probe(node)
     probes.update(extra_probes or {})
-    registry = build_registry(sessions, model, histogram)
+    registry = build_registry(sessions, model, histogram, workers)
     dashboard = Dashboard(settings.web, sessions, registry, probes)
     dashboard.start()
     if on_ready is not None:

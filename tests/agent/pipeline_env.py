@@ -80,21 +80,27 @@ class Serve:
     """``hyperct-agent serve`` in a subprocess (optionally inside a network namespace)."""
 
     def __init__(
-        self, config: Path, netns: NetNS | None = None, launcher: Sequence[str] = ("-m", "agent")
+        self,
+        config: Path,
+        netns: NetNS | None = None,
+        launcher: Sequence[str] = ("-m", "agent"),
+        args: Sequence[str] = (),
+        ready: str = "node listening",
     ) -> None:
         # ``launcher``: what runs the CLI (a test module may wrap it, e.g. to slow the model).
-        cmd = [sys.executable, *launcher, "serve", "--config", str(config), "--grace", "2"]
+        # ``args``: more serve arguments (``--role``); ``ready``: the log event that means started.
+        cmd = [sys.executable, *launcher, "serve", *args, "--config", str(config), "--grace", "2"]
         popen: Callable[..., Any] = netns.popen if netns else __import__("subprocess").Popen
         self.proc = popen(cmd, stderr=-1, stdout=-3, text=True, cwd=ROOT)
         self.lines: list[str] = []
-        self.port = self._port()
+        self.port = self._port(ready)
         threading.Thread(target=self._drain, daemon=True).start()
 
-    def _port(self) -> int:
+    def _port(self, ready: str) -> int:
         for line in self.proc.stderr:
             self.lines.append(line)
-            if line.startswith("{") and json.loads(line).get("event") == "node listening":
-                return int(json.loads(line)["port"])
+            if line.startswith("{") and json.loads(line).get("event") == ready:
+                return int(json.loads(line).get("port", 0))
         raise AssertionError("serve did not start:\n" + "".join(self.lines))
 
     def _drain(self) -> None:

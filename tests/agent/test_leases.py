@@ -55,11 +55,13 @@ def the_job(db: Engine) -> Job | None:
 
 
 def held_by(db: Engine, serve: Serve) -> bool:
+    """The job is running, claimed by ``serve`` (its screen worker, a child process)."""
     job = the_job(db)
+    pids = {serve.proc.pid} | {int(e["pid"]) for e in serve.events("child started")}
     return (
         job is not None
         and job.state == JobState.RUNNING
-        and (f":{serve.proc.pid}:" in (job.claimed_by or ""))
+        and any(f":{pid}:" in (job.claimed_by or "") for pid in pids)
     )
 
 
