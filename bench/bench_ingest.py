@@ -17,7 +17,15 @@ The run happens inside a private network namespace when ``unshare`` allows
 DCMTK and Orthanc processes. Figures are medians over the rounds of one run;
 the ratio is agent / storescp.
 
-    .venv/bin/python bench/bench_ingest.py [--images 200] [--rounds 3] [--size 512]
+With ``--concurrent N`` (default 4) a second case follows in the same run: the series is
+split into N parts sent by N ``storescu`` processes at once, over N associations, to the
+agent's node, to ``storescp --fork`` and to Orthanc; the rate is all images over the time
+until the last association ends.
+
+The agent runs as ``serve --role node`` (the DICOM node alone: no model in the process),
+which is how a deployment that separates receiving from screening runs it.
+
+    .venv/bin/python bench/bench_ingest.py [--images 200] [--rounds 3] [--size 512] [--concurrent 4]
 """
 
 from __future__ import annotations
@@ -81,24 +89,41 @@ def wait_listening(port: int, timeout: float = 30) -> None:
     raise RuntimeError(f"nothing listening on {port}")
 
 
+def _storescu_cmd(port: int, aec: str, folder: Path) -> list[str]:
+    return [
+        "/usr/bin/storescu",
+        "-aet",
+        "BENCH",
+        "-aec",
+        aec,
+        "+sd",
+        "127.0.0.1",
+        str(port),
+        str(folder),
+    ]
+
+
 def storescu(port: int, aec: str, folder: Path) -> float:
+    """Send every file under ``folder`` (one association, or one per part folder at once)."""
+    parts = sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
     started = time.perf_counter()
-    subprocess.run(
-        [
-            "/usr/bin/storescu",
-            "-aet",
-            "BENCH",
-            "-aec",
-            aec,
-            "+sd",
-            "127.0.0.1",
-            str(port),
-            str(folder),
-        ],
-        check=True,
-        env=NODELAY,
-        capture_output=True,
-    )
+    if not parts:
+        subprocess.run(
+            _storescu_cmd(port, aec, folder), check=True, env=NODELAY, capture_output=True
+        )
+        return time.perf_counter() - started
+    procs = [
+        subprocess.Popen(
+            _storescu_cmd(port, aec, part),
+            env=NODELAY,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for part in parts
+    ]
+    codes = [proc.wait() for proc in procs]
+    if any(codes):
+        raise RuntimeError(f"storescu failed: exit codes {codes}")
     return time.perf_counter() - started
 
 
@@ -109,7 +134,7 @@ def run_agent(work: Path, images: Path, profile: Path | None) -> float:
         '[node]\nport = 0\n[storage]\nroot = "storage"\nmin_free_bytes = 0\n'
         '[database]\nurl = "sqlite:///agent.db"\n[logging]\nformat = "json"\n'
     )
-    cmd = [sys.executable, "-m", "agent", "serve", "--config", str(config)]
+    cmd = [sys.executable, "-m", "agent", "serve", "--role", "node", "--config", str(config)]
     if profile is not None:
         cmd = [
             "py-spy",
@@ -126,14 +151,12 @@ def run_agent(work: Path, images: Path, profile: Path | None) -> float:
         ]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     assert proc.stderr is not None
-    # Steady state: the node listens before the model has loaded, and loading it
-    # (seconds of Python on both cores) would share the CPU with the first images.
+    # The node role loads no model: it is in steady state once it listens.
     port = None
     for line in proc.stderr:
         event = json.loads(line) if line.startswith("{") else {}
         if event.get("event") == "node listening":
             port = int(event["port"])
-        elif event.get("event") == "model loaded":
             break
     if port is None:
         raise RuntimeError("agent exited before listening")
@@ -148,7 +171,10 @@ def run_agent(work: Path, images: Path, profile: Path | None) -> float:
 def run_storescp(work: Path, images: Path) -> float:
     work.mkdir(parents=True)
     port = free_port()
-    proc = subprocess.Popen(["/usr/bin/storescp", "-od", str(work), str(port)], env=NODELAY)
+    # --fork: one process per association, so concurrent senders are served at once.
+    proc = subprocess.Popen(
+        ["/usr/bin/storescp", "--fork", "-od", str(work), str(port)], env=NODELAY
+    )
     try:
         wait_listening(port)
         return storescu(port, "ANY-SCP", images)
@@ -203,7 +229,7 @@ def on_store(event):
 # everything it adds. Its ratio bounds what any design on this stack reaches here.
 FLOOR_SCP = (
     f"""
-import sqlite3, sys
+import sqlite3, sys, threading
 from pathlib import Path
 sys.path.insert(0, {str(ROOT)!r})
 from pynetdicom import AE, evt, _config
@@ -221,6 +247,7 @@ db = sqlite3.connect(work / "floor.db", isolation_level=None, check_same_thread=
 db.execute("PRAGMA journal_mode=WAL")
 db.execute("PRAGMA synchronous=FULL")
 db.execute("CREATE TABLE instances (sop TEXT UNIQUE, series TEXT, path TEXT, sha256 TEXT)")
+writer = threading.Lock()  # one connection, one writer, as SQLite has anyway
 def on_store(event):
     request = event.request
     data = request.DataSet.getvalue()
@@ -233,12 +260,13 @@ def on_store(event):
         staged.sha256,
     )
     store.publish(staged, rel)
-    db.execute("BEGIN IMMEDIATE")
-    db.execute(
-        "INSERT INTO instances VALUES (?, ?, ?, ?)",
-        (header.sop_instance_uid, header.series_instance_uid, rel, staged.sha256),
-    )
-    db.execute("COMMIT")
+    with writer:
+        db.execute("BEGIN IMMEDIATE")
+        db.execute(
+            "INSERT INTO instances VALUES (?, ?, ?, ?)",
+            (header.sop_instance_uid, header.series_instance_uid, rel, staged.sha256),
+        )
+        db.execute("COMMIT")
     return 0
 """
     + _TUNED_SERVER
@@ -297,11 +325,53 @@ def run_orthanc(work: Path, images: Path) -> float:
         proc.wait(30)
 
 
+def split_parts(images: Path, parts: Path, n: int) -> None:
+    """Hard-link the series into ``n`` folders of (nearly) equal size, one per association."""
+    files = sorted(images.iterdir())
+    for i in range(n):
+        folder = parts / f"part{i}"
+        folder.mkdir(parents=True)
+        for f in files[i::n]:
+            os.link(f, folder / f.name)
+
+
+def run_rounds(
+    receivers: dict[str, Callable[[Path, Path], float]],
+    images: Path,
+    count: int,
+    rounds: int,
+    work: Path,
+    label: str,
+    profile: bool = False,
+) -> dict[str, list[float]]:
+    rates: dict[str, list[float]] = {name: [] for name in receivers}
+    for r in range(rounds):
+        for name, run in receivers.items():
+            # Receivers that do not fsync leave ~100 MB dirty per round; written back
+            # during the next receiver's run, it would slow that one's fsyncs.
+            os.sync()
+            folder = work / f"{label}-{name}{r}".replace(" ", "_")
+            if name == "agent" and profile and r == 0:
+                elapsed = run_agent(folder, images, ROOT / "bench" / "out" / "ingest-profile.txt")
+            else:
+                elapsed = run(folder, images)
+            rates[name].append(count / elapsed)
+        line = ", ".join(f"{n} {v[-1]:.0f}" for n, v in rates.items())
+        print(f"{label} round {r + 1} (images/s): {line}", flush=True)
+    return rates
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--size", type=int, default=512, help="rows and columns of each image")
+    parser.add_argument(
+        "--concurrent",
+        type=int,
+        default=4,
+        help="associations at once in the second case (0: skip it)",
+    )
     parser.add_argument(
         "--profile", action="store_true", help="py-spy profile of the agent, first round"
     )
@@ -330,40 +400,45 @@ def main() -> int:
     }
     if shutil.which("Orthanc"):
         receivers["orthanc"] = run_orthanc
+    concurrent = {
+        name: run
+        for name, run in receivers.items()
+        if name in ("agent", "storescp", "durable floor", "orthanc")
+    }
     with tempfile.TemporaryDirectory(dir=out) as tmp:
         tmpdir = Path(tmp)
         images = tmpdir / "images"
         write_series(ct_series(args.images, rows=args.size, columns=args.size), images)
         size = sum(p.stat().st_size for p in images.iterdir()) / args.images
-        rates: dict[str, list[float]] = {name: [] for name in receivers}
-        for r in range(args.rounds):
-            for name, run in receivers.items():
-                # Receivers that do not fsync leave ~100 MB dirty per round; written back
-                # during the next receiver's run, it would slow that one's fsyncs.
-                os.sync()
-                if name == "agent" and args.profile and r == 0:
-                    elapsed = run_agent(tmpdir / f"{name}{r}", images, out / "ingest-profile.txt")
-                else:
-                    elapsed = run(tmpdir / f"{name}{r}", images)
-                rates[name].append(args.images / elapsed)
-            line = ", ".join(f"{n} {v[-1]:.0f}" for n, v in rates.items())
-            print(f"round {r + 1} (images/s): {line}", flush=True)
-        medians = {name: statistics.median(v) for name, v in rates.items()}
-        print(
-            json.dumps(
-                {
-                    "date": time.strftime("%Y-%m-%d"),
-                    "machine": f"{platform.machine()} {os.cpu_count()} cores",
-                    "images": args.images,
-                    "bytes_per_image": round(size),
-                    "images_per_s": {n: round(v, 1) for n, v in medians.items()},
-                    "ratio_to_storescp": {
-                        n: round(v / medians["storescp"], 3) for n, v in medians.items()
-                    },
-                },
-                indent=2,
-            )
+        rates = run_rounds(
+            receivers, images, args.images, args.rounds, tmpdir, "one", profile=args.profile
         )
+        together: dict[str, list[float]] = {}
+        if args.concurrent > 0:
+            parts = tmpdir / "parts"
+            split_parts(images, parts, args.concurrent)
+            together = run_rounds(
+                concurrent, parts, args.images, args.rounds, tmpdir, f"x{args.concurrent}"
+            )
+        medians = {name: statistics.median(v) for name, v in rates.items()}
+        result: dict[str, object] = {
+            "date": time.strftime("%Y-%m-%d"),
+            "machine": f"{platform.machine()} {os.cpu_count()} cores",
+            "images": args.images,
+            "bytes_per_image": round(size),
+            "images_per_s": {n: round(v, 1) for n, v in medians.items()},
+            "ratio_to_storescp": {n: round(v / medians["storescp"], 3) for n, v in medians.items()},
+            "agent_to_durable_floor": round(medians["agent"] / medians["durable floor"], 3),
+        }
+        if together:
+            both = {name: statistics.median(v) for name, v in together.items()}
+            result[f"concurrent_{args.concurrent}_images_per_s"] = {
+                n: round(v, 1) for n, v in both.items()
+            }
+            result[f"concurrent_{args.concurrent}_ratio_to_storescp"] = {
+                n: round(v / both["storescp"], 3) for n, v in both.items()
+            }
+        print(json.dumps(result, indent=2))
     return 0
 
 
