@@ -170,3 +170,20 @@ def test_training_runs_on_the_gpu(tmp_path: Path) -> None:
     training = card.extra["training"]
     assert training["device"] == "cuda" and training["precision"] == "bf16 autocast"
     assert training["activation_checkpointing"] is True
+
+
+@cuda
+def test_gpu_inference_matches_the_cpu() -> None:
+    """The CUDA strategies (lowrank, merge; fp32 and bf16) against the CPU's fp32 merge."""
+    from hyperct_core.inference import Predictor
+
+    model = tiny_model(seed=7)
+    batch = studies([4, 7, 1], seed=8)
+    ref = Predictor(model, device="cpu", dtype="fp32", strategy="merge").predict(batch)
+    for strategy in ("lowrank", "merge"):
+        fp32 = Predictor(model, device="cuda", dtype="fp32", strategy=strategy).predict(batch)
+        assert np.abs(fp32 - ref).max() < 1e-4, strategy
+        bf16 = Predictor(model, device="cuda", dtype="bf16", strategy=strategy).predict(batch)
+        assert np.abs(bf16 - ref).max() < 0.01, strategy
+    auto = Predictor(model, device="auto", dtype="auto")
+    assert auto.device.type == "cuda" and auto.strategy == "lowrank"
