@@ -266,7 +266,8 @@ def checkpointed_cls(
         x = checkpoint(
             block_forward, blk, depth, x, rope, linear, depth == last, use_reentrant=False
         )
-    return backbone.norm(x[:, 0])
+    norm: Any = backbone.norm
+    return norm(x[:, 0])
 
 
 def forward_logits(

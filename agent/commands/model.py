@@ -399,29 +399,42 @@ def format_info(info: dict[str, Any]) -> str:
             "(an old card: its figures are not held out)"
         )
         lines.append(f"operating points ({held['manifest']}; {splits}):")
-        lines.append(f"     {'task':<38s} {'threshold':>9s}  AUC %  95 % CI       sens % spec %")
-        for name, t in held["tasks"].items():
-            h = t["held_out"]
-            thr = f"{t['threshold']:9.3f}" if t["threshold"] is not None else "     none"
-            ci = (
-                f"{_pct(h.get('ci_low'))}-{_pct(h.get('ci_high')).strip():<6s}"
-                if h.get("ci_low") is not None
-                else " " * 12
-            )
-            row = (
-                f"  {name:<41s} {thr}  {_pct(h.get('auc'))} {ci} "
-                f"{_pct(h.get('sensitivity'))}  {_pct(h.get('specificity'))}"
-            )
-            if not t["validated"]:
-                row += f"  NOT VALIDATED: {t['reason'] or 'no operating point'}"
-            lines.append(row)
     else:
-        lines.append("operating points: none recorded (run `model evaluate --write-thresholds`)")
-    assessed = [t for t in card["tasks"] if t in card["thresholds"]]
-    if held["tasks"]:
-        assessed = [t for t in assessed if held["tasks"].get(t, {}).get("validated")]
+        lines.append(
+            "operating points: none evaluated (`model evaluate --write-thresholds` sets them)"
+        )
+    lines.append(f"  {'':<38s} {'':>9s}  held-out figures (split {held['held_out_split']!r})")
+    lines.append(f"  {'task':<38s} {'threshold':>9s}  AUC %  95 % CI      sens %  spec %")
+    assessed = 0
+    for name in card["tasks"]:
+        t = held["tasks"].get(name)
+        if t is None:
+            # No record of how (or whether) this threshold was chosen.
+            value = card["thresholds"].get(name) if not held["tasks"] else None
+            thr = f"{value:9.3f}" if value is not None else "     none"
+            assessed += value is not None
+            lines.append(f"  {name:<38s} {thr}  not evaluated")
+            continue
+        h = t["held_out"]
+        thr = f"{t['threshold']:9.3f}" if t["threshold"] is not None else "     none"
+        assessed += t["threshold"] is not None
+        ci = (
+            f"{_pct(h.get('ci_low'))}-{_pct(h.get('ci_high')).strip():<5s}"
+            if h.get("ci_low") is not None
+            else " " * 11
+        )
+        row = (
+            f"  {name:<38s} {thr}  {_pct(h.get('auc'))} {ci} "
+            f"{_pct(h.get('sensitivity'))}   {_pct(h.get('specificity'))}"
+        )
+        if not t["validated"]:
+            row += (
+                f"  NOT VALIDATED on split {held['threshold_split']!r}: "
+                f"{t['reason'] or 'no operating point'}"
+            )
+        lines.append(row)
     lines.append(
-        f"tasks ({len(card['tasks'])}): {len(assessed)} with an operating point; "
+        f"{assessed} of {len(card['tasks'])} tasks have an operating point; "
         "the others are reported 'not assessed'"
     )
     lines.append("parameters (this code's count):")
