@@ -35,7 +35,8 @@ import torch.nn.functional as F
 from hyperct_core.device import cpu_has_native_bf16, resolve_device
 from hyperct_core.lora import vit_cls
 from hyperct_core.model import HyperCT, HyperCTConfig, build_model
-from hyperct_core.train import demo_setup, forward_logits
+from hyperct_core.train import demo_setup
+from hyperct_core.train_step import forward_logits
 
 
 def sync(device: torch.device) -> None:
@@ -52,7 +53,7 @@ def measure(
     *,
     amp: bool = False,
     checkpointing: bool = False,
-) -> dict[str, float]:
+) -> dict[str, object]:
     size = model.config.backbone.img_size
     g = torch.Generator().manual_seed(0)
     vols = [

@@ -51,7 +51,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import platform
 import time
 from collections.abc import Callable, Sequence
@@ -78,18 +77,20 @@ from hyperct_core.dataset import (
 from hyperct_core.device import resolve_device
 from hyperct_core.errors import HyperCTError
 from hyperct_core.hypernet import HyperNetConfig
-from hyperct_core.lora import (
-    SegmentLoRA,
-    TargetLinear,
-    block_forward,
-    embed_tokens,
-    frozen_linear,
-    vit_cls,
-)
-from hyperct_core.metrics import roc_auc
-from hyperct_core.model import HyperCT, HyperCTConfig, build_model, flatten_batch, segment_mean
+from hyperct_core.lora import vit_cls
+from hyperct_core.model import HyperCTConfig, build_model, segment_mean
 from hyperct_core.preprocess import PreprocessConfig
 from hyperct_core.tasks import TASK_NAMES
+from hyperct_core.train_step import (
+    Progress,
+    auc_report,
+    autocast,
+    checkpointed_cls,
+    default_workers,
+    forward_logits,
+    plan_epoch,
+    val_scores,
+)
 
 __all__ = [
     "SCHEDULES",
@@ -227,125 +228,6 @@ def _lr_lambda(config: TrainConfig, steps_per_epoch: int) -> Callable[[int], flo
     return factor
 
 
-class _Progress:
-    """tqdm when asked for and available; silent otherwise."""
-
-    def __init__(self, enabled: bool, total: int, desc: str) -> None:
-        self.bar = None
-        if enabled:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=total, desc=desc, leave=True, dynamic_ncols=True)
-
-    def update(self, **postfix: Any) -> None:
-        if self.bar is not None:
-            self.bar.set_postfix(postfix, refresh=False)
-            self.bar.update(1)
-
-    def close(self, **postfix: Any) -> None:
-        if self.bar is not None:
-            if postfix:
-                self.bar.set_postfix(postfix)
-            self.bar.close()
-
-
-def checkpointed_cls(
-    backbone: nn.Module, images: torch.Tensor, linear: TargetLinear = frozen_linear
-) -> torch.Tensor:
-    """:func:`hyperct_core.lora.vit_cls` with every block recomputed in the backward pass.
-
-    Non-reentrant checkpointing: gradients still reach the LoRA factors ``linear``
-    holds (they are not block inputs), and the frozen backbone needs no input grad.
-    """
-    from torch.utils.checkpoint import checkpoint
-
-    x, rope = embed_tokens(backbone, images)
-    blocks: Any = backbone.blocks
-    last = len(blocks) - 1
-    for depth, blk in enumerate(blocks):
-        x = checkpoint(
-            block_forward, blk, depth, x, rope, linear, depth == last, use_reentrant=False
-        )
-    norm: Any = backbone.norm
-    return norm(x[:, 0])
-
-
-def forward_logits(
-    model: HyperCT,
-    images: Sequence[torch.Tensor],
-    tasks: torch.Tensor,
-    *,
-    checkpointing: bool = False,
-) -> torch.Tensor:
-    """Logits (V,) of each volume under its task: ``model(images, tasks)``, optionally
-    with activation checkpointing through the backbone (same values and gradients)."""
-    if not checkpointing:
-        return model(list(images), tasks)
-    flat, sizes = flatten_batch(list(images))
-    tasks = torch.as_tensor(tasks, device=flat.device).reshape(-1)
-    unique, groups = torch.unique(tasks, return_inverse=True)
-    lora = SegmentLoRA(model.generate_lora(unique), sizes, groups.tolist(), model.config.lora_scale)
-    features = segment_mean(checkpointed_cls(model.backbone, flat, lora), sizes)
-    return model.classifier(features).squeeze(-1)
-
-
-def _autocast(device: torch.device, enabled: bool) -> Any:
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
-
-
-def _scores(
-    model: HyperCT,
-    images: Sequence[torch.Tensor],
-    rows: Sequence[ManifestRow],
-    tasks: Sequence[int],
-    batch: int,
-    device: torch.device,
-    amp: bool,
-) -> np.ndarray:
-    """Probabilities (N, 25), NaN outside ``tasks`` and where the row has no label."""
-    out = np.full((len(rows), len(TASK_NAMES)), np.nan)
-    model.eval()
-    with torch.inference_mode(), _autocast(device, amp):
-        for t in tasks:
-            idx = [i for i, r in enumerate(rows) if not np.isnan(r.labels[t])]
-            for j in range(0, len(idx), batch):
-                chunk = idx[j : j + batch]
-                imgs = [images[i].to(device, non_blocking=True) for i in chunk]
-                logits = model(imgs, torch.full((len(chunk),), t, device=device))
-                out[chunk, t] = torch.sigmoid(logits.float()).cpu().numpy()
-    return out
-
-
-def _plan_epoch(
-    plan: StepPlan, n_rows: int, batch_size: int, rng: np.random.Generator
-) -> list[list[int]]:
-    """Shuffle the rows, seed each volume's augmentation; return each step's row indices."""
-    order = rng.permutation(n_rows)
-    seeds = rng.integers(0, 2**63 - 1, size=n_rows)
-    plan.steps = [
-        [(int(order[i]), int(seeds[i])) for i in range(s, min(s + batch_size, n_rows))]
-        for s in range(0, n_rows, batch_size)
-    ]
-    return [[i for i, _ in step] for step in plan.steps]
-
-
-def _default_workers(device: torch.device) -> int:
-    """Loader processes: none on the CPU (the model wants every core), a few for a GPU."""
-    if device.type == "cpu":
-        return 0
-    return max(1, min(8, (os.cpu_count() or 2) // 2))
-
-
-def _auc_report(scores: np.ndarray, rows: Sequence[ManifestRow], tasks: Sequence[int]) -> dict:
-    y = np.stack([r.labels for r in rows])
-    per_task = {}
-    for t in tasks:
-        known = ~np.isnan(y[:, t])
-        per_task[TASK_NAMES[t]] = roc_auc(y[known, t], scores[known, t])
-    values = [v for v in per_task.values() if not math.isnan(v)]
-    return {"mean_auc": float(np.mean(values)) if values else float("nan"), "auc": per_task}
-
-
 # --------------------------------------------------------------------------- main entry
 
 
@@ -403,7 +285,7 @@ def train(
     amp = dev.type == "cuda" and precision in ("auto", "bf16")
     if checkpointing is None:
         checkpointing = dev.type == "cuda"
-    workers = _default_workers(dev) if workers is None else int(workers)
+    workers = default_workers(dev) if workers is None else int(workers)
     if workers < 0:
         raise TrainError("workers must be >= 0")
     say = log or (lambda _msg: None)
@@ -474,7 +356,7 @@ def train(
     rng = np.random.default_rng(config.seed)
     cache = PreprocessCache(cache_dir or manifest.path.parent / ".hyperct-cache", preprocess)
     started = time.time()
-    bar = _Progress(progress, len(train_rows) + len(val_rows), "preprocess")
+    bar = Progress(progress, len(train_rows) + len(val_rows), "preprocess")
     for _ in cache.warm([*train_rows, *val_rows]):
         bar.update()
     bar.close()
@@ -490,7 +372,7 @@ def train(
 
     def batches(n_rows: int) -> Any:
         """Each step's rows and images (on the device), in this epoch's planned order."""
-        steps = _plan_epoch(plan, n_rows, config.batch_size, rng)
+        steps = plan_epoch(plan, n_rows, config.batch_size, rng)
         for idx, imgs in zip(steps, loader, strict=True):
             yield (
                 [train_rows[i] for i in idx],
@@ -593,11 +475,11 @@ def train(
             opt.load_state_dict(head_state["optimizer"])
         for epoch in range(start_epoch, config.backbone_epochs):
             model.backbone.train()
-            bar = _Progress(progress, steps, f"backbone {epoch + 1}/{config.backbone_epochs}")
+            bar = Progress(progress, steps, f"backbone {epoch + 1}/{config.backbone_epochs}")
             losses = []
             cls_of = checkpointed_cls if checkpointing else vit_cls
             for batch, imgs in batches(len(train_rows)):
-                with _autocast(dev, amp):
+                with autocast(dev, amp):
                     feats = segment_mean(
                         cls_of(model.backbone, torch.cat(imgs)), [len(x) for x in imgs]
                     )
@@ -618,13 +500,13 @@ def train(
             }
             if val_rows:
                 parts = []
-                with torch.inference_mode(), _autocast(dev, amp):
+                with torch.inference_mode(), autocast(dev, amp):
                     for j in range(0, len(val_images), config.eval_batch):
                         chunk = val_images[j : j + config.eval_batch]
                         flat = torch.cat(chunk).to(dev, non_blocking=True)
                         feats = segment_mean(vit_cls(model.backbone, flat), [len(x) for x in chunk])
                         parts.append(torch.sigmoid(head(feats).float()).cpu().numpy())
-                entry.update(_auc_report(np.concatenate(parts), val_rows, val_tasks))
+                entry.update(auc_report(np.concatenate(parts), val_rows, val_tasks))
                 entry["val_mean_auc"] = entry.pop("mean_auc")
             bar.close(
                 loss=f"{entry['loss']:.3f}",
@@ -655,14 +537,14 @@ def train(
         sched.load_state_dict(state["scheduler"])
     for epoch in range(start_epoch, config.epochs):
         model.train()
-        bar = _Progress(progress, steps, f"epoch {epoch + 1}/{config.epochs}")
+        bar = Progress(progress, steps, f"epoch {epoch + 1}/{config.epochs}")
         losses = []
         for batch, imgs in batches(len(train_rows)):
             tasks = sample_tasks(batch, rng)
             y = torch.tensor(
                 [float(r.labels[t]) for r, t in zip(batch, tasks, strict=True)], device=dev
             )
-            with _autocast(dev, amp):
+            with autocast(dev, amp):
                 logits = forward_logits(
                     model, imgs, torch.tensor(tasks, device=dev), checkpointing=checkpointing
                 )
@@ -681,8 +563,8 @@ def train(
         }
         auc = float("nan")
         if val_rows:
-            report = _auc_report(
-                _scores(model, val_images, val_rows, val_tasks, config.eval_batch, dev, amp),
+            report = auc_report(
+                val_scores(model, val_images, val_rows, val_tasks, config.eval_batch, dev, amp),
                 val_rows,
                 val_tasks,
             )

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from hyperct_core.device import DeviceError, resolve_device
-from hyperct_core.train import checkpointed_cls, forward_logits
+from hyperct_core.train_step import checkpointed_cls, forward_logits
 from tests.core.tiny_models import studies, tiny_model
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -119,7 +119,7 @@ def test_loader_images_do_not_depend_on_worker_count(tmp_path: Path) -> None:
     )
     from hyperct_core.phantoms import write_phantom_dataset
     from hyperct_core.preprocess import PreprocessConfig
-    from hyperct_core.train import _plan_epoch
+    from hyperct_core.train_step import plan_epoch as _plan_epoch
 
     manifest = write_phantom_dataset(
         tmp_path / "d", 5, seed=2, shape=(24, 48, 48), spacing=(12.0, 7.0, 7.0),
