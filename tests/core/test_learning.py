@@ -37,11 +37,11 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     torch.set_num_threads(2)
     root = tmp_path_factory.mktemp("learning")
     manifest = write_phantom_dataset(
-        root / "data", 400, seed=11, fmt="npz", shape=SHAPE, spacing=SPACING,
+        root / "data", 800, seed=11, fmt="npz", shape=SHAPE, spacing=SPACING,
         splits=(("train", 0.7), ("val", 0.1), ("test", 0.2)), prevalence=0.5, tasks=TASKS,
     )  # fmt: skip
     model_config, preprocess, recipe = demo_setup()
-    recipe = dataclasses.replace(recipe, epochs=4, backbone_epochs=20)
+    recipe = dataclasses.replace(recipe, epochs=6, backbone_epochs=40)
     result = train(
         manifest, root / "run", config=recipe, model_config=model_config,
         preprocess=preprocess, random_backbone=True, demo=True,
