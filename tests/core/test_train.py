@@ -122,6 +122,7 @@ def test_train_cli_needs_a_backbone(
     assert "no backbone" in err and "\n" not in err
 
 
+@pytest.mark.slow  # two short trainings: ~15-35 s on 2 cores
 def test_cpu_training_with_checkpointing_matches_and_is_recorded(
     small_data: Path, tmp_path: Path
 ) -> None:
