@@ -20,6 +20,8 @@ PY=${PYTHON:-}
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 DRY=0
 [ "${1:-}" = "--dry-run" ] && DRY=1
+X=1  # time limits: x3 for a dry run on a small CPU
+[ $DRY = 1 ] && X=3
 
 if [ $DRY = 1 ]; then
   DEV=cpu STUDIES=2
@@ -49,10 +51,10 @@ step() {  # step NAME LIMIT_S CMD...: run with a time limit, log to $OUT/NAME.lo
 [ $DRY = 1 ] || "$PY" -c "import torch,sys; sys.exit(0 if torch.cuda.is_available() else 1)" || {
   echo "no CUDA device visible to $PY; use --dry-run on a CPU" | tee -a "$OUT/summary.txt"; exit 1; }
 
-step tests 90 "$PY" -m pytest "${TESTS[@]}" -p no:cacheprovider
-step bench_inference 120 "$PY" bench/bench_inference.py "${INF[@]}" --json "$OUT/bench_inference.json"
-step bench_train 120 "$PY" bench/bench_train.py "${TRN[@]}" --json "$OUT/bench_train.json"
-step serve 140 "$PY" - "$OUT" "$DEV" "$STUDIES" <<'PYEOF'
+step tests $((90 * X)) "$PY" -m pytest "${TESTS[@]}" -p no:cacheprovider
+step bench_inference $((120 * X)) "$PY" bench/bench_inference.py "${INF[@]}" --json "$OUT/bench_inference.json"
+step bench_train $((120 * X)) "$PY" bench/bench_train.py "${TRN[@]}" --json "$OUT/bench_train.json"
+step serve $((140 * X)) "$PY" - "$OUT" "$DEV" "$STUDIES" <<'PYEOF'
 """serve on DEV with the bundled demo model screens N phantom studies end to end."""
 import json, sys, tempfile, threading, time
 from pathlib import Path
