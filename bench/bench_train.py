@@ -8,9 +8,16 @@ same images (no LoRA, no gradient), so the ratio says what training costs relati
 inference with the bare backbone. Random weights and random images: speed does not
 depend on them.
 
+The step runs as ``model train`` runs it on that device (:mod:`hyperct_core.train`): on
+CUDA with bf16 autocast and activation checkpointing through the backbone, reporting the
+peak GPU memory of the spec's batch (8 volumes x 55 images); on a CPU in fp32, plus bf16
+autocast only where the CPU multiplies bf16 natively (elsewhere bf16 is emulated and
+would only measure the emulation).
+
     .venv/bin/python bench/bench_train.py                   # tiny demo model + ViT-B/16
     .venv/bin/python bench/bench_train.py --skip-full       # tiny demo model only
     .venv/bin/python bench/bench_train.py --full-batch 1    # ViT-B/16 within 24 GB of RAM
+    .venv/bin/python bench/bench_train.py --device cuda     # the spec's batch on a GPU
 """
 
 from __future__ import annotations
@@ -25,9 +32,11 @@ import time
 import torch
 import torch.nn.functional as F
 
+from hyperct_core.device import cpu_has_native_bf16, resolve_device
 from hyperct_core.lora import vit_cls
 from hyperct_core.model import HyperCT, HyperCTConfig, build_model
 from hyperct_core.train import demo_setup
+from hyperct_core.train_step import forward_logits
 
 
 def sync(device: torch.device) -> None:
@@ -42,8 +51,9 @@ def measure(
     steps: int,
     device: torch.device,
     *,
-    train_backbone: bool = False,
-) -> dict[str, float]:
+    amp: bool = False,
+    checkpointing: bool = False,
+) -> dict[str, object]:
     size = model.config.backbone.img_size
     g = torch.Generator().manual_seed(0)
     vols = [
@@ -56,21 +66,29 @@ def measure(
     opt = torch.optim.AdamW(params, lr=1e-5, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0)
 
     def step() -> None:
-        loss = F.binary_cross_entropy_with_logits(model(vols, tasks), y)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = forward_logits(model, vols, tasks, checkpointing=checkpointing)
+        loss = F.binary_cross_entropy_with_logits(logits.float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
 
     step()  # warm-up
     sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()
     for _ in range(steps):
         step()
     sync(device)
     step_s = (time.perf_counter() - t0) / steps
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
 
     flat = torch.cat(vols)
-    with torch.inference_mode():
+    with (
+        torch.inference_mode(),
+        torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp),
+    ):
         vit_cls(model.backbone, flat)
         sync(device)
         t0 = time.perf_counter()
@@ -80,6 +98,9 @@ def measure(
     plain_s = (time.perf_counter() - t0) / steps
     n = images_per_volume * batch
     return {
+        "precision": "bf16 autocast" if amp else "fp32",
+        "activation_checkpointing": checkpointing,
+        "peak_gpu_memory_gib": None if peak is None else peak / 2**30,
         "images_per_step": n,
         "step_s": step_s,
         "train_images_per_s": n / step_s,
@@ -100,10 +121,15 @@ def main() -> None:
         help="volumes per ViT-B/16 step (the spec's 8 needs ~30 GB of activations on CPU)",
     )
     ap.add_argument("--threads", type=int, default=os.cpu_count())
-    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N")
+    ap.add_argument("--json", help="also write the report here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    device = resolve_device(args.device)
+    if device.type == "cuda":
+        settings = [(True, True)]  # as `model train` runs on CUDA: bf16 autocast, checkpointing
+    else:
+        settings = [(False, False)] + ([(True, False)] if cpu_has_native_bf16() else [])
     cpu = "?"
     try:
         lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
@@ -122,23 +148,42 @@ def main() -> None:
     model_config, preprocess, recipe = demo_setup()
     tiny = build_model(model_config, random_backbone=True, seed=0)
     n_img = preprocess.volume_size // 3  # no all-air slices in a phantom
-    report["tiny_demo"] = {
-        "config": f"ViT {model_config.backbone.embed_dim}-wide x {model_config.backbone.depth}, "
+    config = (
+        f"ViT {model_config.backbone.embed_dim}-wide x {model_config.backbone.depth}, "
         f"patch {model_config.backbone.patch_size}, {preprocess.crop_size} px, "
-        f"{n_img} images/volume, batch {recipe.batch_size}",
-        **measure(tiny, n_img, recipe.batch_size, args.steps, device),
-    }
+        f"{n_img} images/volume, batch {recipe.batch_size}"
+    )
+    report["tiny_demo"] = [
+        {
+            "config": config,
+            **measure(
+                tiny, n_img, recipe.batch_size, args.steps, device, amp=amp, checkpointing=ckpt
+            ),
+        }  # fmt: skip
+        for amp, ckpt in settings
+    ]
     print(json.dumps(report["tiny_demo"], indent=1), flush=True)
     if not args.skip_full:
         full = build_model(HyperCTConfig(), random_backbone=True, seed=0)
         # Spec input: 164 slices -> 55 images of 144 x 144 per volume, batch 8.
-        report["vit_b16_spec"] = {
-            "config": f"ViT-B/16 (vit_base_patch16_dinov3), 144 px, 55 images/volume, "
-            f"batch {args.full_batch}",
-            **measure(full, 55, args.full_batch, args.full_steps, device),
-        }
+        config = (
+            f"ViT-B/16 (vit_base_patch16_dinov3), 144 px, 55 images/volume, batch {args.full_batch}"
+        )
+        report["vit_b16_spec"] = [
+            {
+                "config": config,
+                **measure(
+                    full, 55, args.full_batch, args.full_steps, device, amp=amp, checkpointing=ckpt
+                ),
+            }  # fmt: skip
+            for amp, ckpt in settings
+        ]
         print(json.dumps(report["vit_b16_spec"], indent=1), flush=True)
-    print(json.dumps(report, indent=1))
+    text = json.dumps(report, indent=1)
+    print(text)
+    if args.json:
+        with open(args.json, "w") as fh:
+            fh.write(text + "\n")
 
 
 if __name__ == "__main__":

@@ -62,10 +62,13 @@ from hyperct_core.tasks import TASK_NAMES, TASKS
 
 __all__ = [
     "SPLITS",
+    "CachedImages",
     "Manifest",
     "ManifestError",
     "ManifestRow",
     "PreprocessCache",
+    "StepPlan",
+    "image_loader",
     "load_volume",
     "read_manifest",
     "write_manifest",
@@ -434,3 +437,58 @@ def resize_clip(volume: Any, config: Any) -> np.ndarray:
     from hyperct_core.preprocess import resized_cube
 
     return np.ascontiguousarray(resized_cube(volume, config).numpy(), dtype=np.float32)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+class CachedImages:
+    """Model images of manifest rows from a :class:`PreprocessCache` (a map-style dataset).
+
+    An item is ``(row index, seed)``: the seed draws that volume's augmentation, so a
+    batch's images do not depend on which worker process made them or in what order.
+    """
+
+    def __init__(self, rows: Sequence[ManifestRow], cache: PreprocessCache, augment: bool) -> None:
+        self.rows = list(rows)
+        self.cache = cache
+        self.augment = augment
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, item: tuple[int, int]) -> Any:
+        index, seed = item
+        rng = np.random.default_rng(seed)
+        return self.cache.images(self.rows[index], train=self.augment, rng=rng)
+
+
+class StepPlan:
+    """Batch sampler whose steps the training loop sets each epoch (in the main process)."""
+
+    def __init__(self) -> None:
+        self.steps: list[list[tuple[int, int]]] = []
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        return iter(self.steps)
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+
+def image_loader(images: CachedImages, plan: StepPlan, *, workers: int, pin_memory: bool) -> Any:
+    """A DataLoader yielding each planned step as a list of ``(n_i, 3, H, W)`` tensors.
+
+    Workers read the cache's memory-mapped cubes and run crop, flip, air-slice removal
+    and normalisation; pinned memory lets the copy to a GPU overlap the next step.
+    """
+    from torch.utils.data import DataLoader
+
+    return DataLoader(
+        images,  # type: ignore[arg-type]
+        batch_sampler=plan,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        collate_fn=list,
+        persistent_workers=workers > 0,
+    )

@@ -58,13 +58,20 @@ BF16_PROBE_IMAGES = 2
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    """The device rule of every command (:func:`hyperct_core.device.resolve_device`)."""
+    from hyperct_core.device import resolve_device as resolve
+
+    return resolve(device)
 
 
 def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
-    """``"auto"``: bf16 where the hardware has native bf16 matrix units, else fp32."""
+    """``"auto"``: bf16 where the hardware has native bf16 matrix units, else fp32.
+
+    On a CPU that is AVX512-BF16 or AMX (:func:`hyperct_core.device.cpu_has_native_bf16`);
+    oneDNN also "supports" bf16 on plain AVX512 by emulation, slower than fp32.
+    """
+    from hyperct_core.device import cpu_has_native_bf16
+
     if isinstance(dtype, torch.dtype):
         return dtype
     names = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
@@ -75,7 +82,7 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
         raise ValueError(f"unknown dtype {dtype!r} (auto, fp32 or bf16)")
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    if device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+    if device.type == "cpu" and cpu_has_native_bf16():
         return torch.bfloat16
     return torch.float32
 

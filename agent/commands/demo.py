@@ -9,8 +9,9 @@ The phantom is drawn like the demo model's training phantoms (findings in the
 ranges :func:`hyperct_core.phantoms.random_spec` draws, the same 320 mm extent),
 at the phantoms' default geometry, which a default ``serve`` screens. Its
 findings are the ones the bundled demo model reports Present for it, so what
-the demo announces and what the report says agree; the demo model flags
-consolidation and medical material on most phantoms, so this one has both.
+the demo announces and what the report says agree. It carries no pacemaker: the
+demo model has no validated operating point for medical material (its AUC is at
+chance), so the report could only say "not assessed" for it.
 """
 
 from __future__ import annotations
@@ -29,13 +30,12 @@ from agent.commands import args as args_
 from agent.errors import AgentError
 
 PACS_AET = "DEMOPACS"
-#: What the demo sends: an enlarged heart, bilateral pleural effusions, a consolidation
-#: and a pacemaker (anatomy seed 40, noise seed 7), at the phantoms' default geometry.
+#: What the demo sends: an enlarged heart, bilateral pleural effusions and a
+#: consolidation (anatomy seed 40, noise seed 7), at the phantoms' default geometry.
 DEMO_PHANTOM_FINDINGS: dict[str, Any] = {
     "heart_scale": 1.4,
     "pleural_mm": 35.0,
     "consolidations": 1,
-    "medical_material": True,
     "seed": 40,
 }
 DEMO_NOISE_SEED = 7

@@ -1,6 +1,7 @@
 """``hyperct-agent model``: inspect, train, evaluate HyperCT checkpoints; build the demo.
 
-* ``model info PATH``: a checkpoint's card and parameter counts.
+* ``model info [PATH]``: a checkpoint's card, held-out figures and parameter counts; with
+  no path, the model ``serve`` would load (``[model].checkpoint`` or the bundled demo).
 * ``model train MANIFEST --out RUN``: train (``hyperct_core.train``).
 * ``model evaluate CHECKPOINT MANIFEST --out DIR``: AUC with CIs, decision curves,
   calibration, operating thresholds (``hyperct_core.evaluate``).
@@ -22,10 +23,16 @@ def register(sub: Any) -> None:
     p = sub.add_parser("model", help="inspect HyperCT checkpoints")
     msub = p.add_subparsers(dest="model_command", metavar="ACTION")
     msub.required = True
-    info = msub.add_parser("info", help="print a checkpoint's model card and parameter counts")
-    info.add_argument(
-        "path", type=args_.path, help="checkpoint directory (or its model.safetensors)"
+    info = msub.add_parser(
+        "info", help="print a checkpoint's model card, held-out figures and parameter counts"
     )
+    info.add_argument(
+        "path",
+        type=args_.path,
+        nargs="?",
+        help="checkpoint directory (or its model.safetensors); default: the model serve loads",
+    )
+    info.add_argument("--config", type=args_.path, help="agent.toml (default: the embedded one)")
     info.add_argument(
         "--backbone", type=args_.path, help="backbone weight file, if not where the card says"
     )
@@ -41,6 +48,11 @@ def register(sub: Any) -> None:
     demo.add_argument("--out", type=args_.path, help="where to write it (default: the package's)")
     demo.add_argument("--work", type=args_.path, help="keep phantoms and the run here (resumable)")
     demo.add_argument("--threads", type=args_.threads, help="torch CPU threads")
+    demo.add_argument(
+        "--evaluate-only",
+        action="store_true",
+        help="re-evaluate the committed demo weights on the evaluation phantoms only",
+    )
     demo.add_argument("--no-progress", action="store_true")
     demo.set_defaults(func=run_make_demo)
 
@@ -89,6 +101,26 @@ def _register_train(msub: Any) -> None:
     p.add_argument("--name", default=None, help="model name in the card")
     p.add_argument("--model-version", default="0.1.0", help="model version in the card")
     p.add_argument("--threads", type=args_.threads, help="torch CPU threads")
+    p.add_argument(
+        "--device", default="auto", help="auto (first GPU, else CPU), cpu, cuda or cuda:N"
+    )
+    p.add_argument(
+        "--checkpointing",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="activation checkpointing through the backbone (default: on for CUDA only)",
+    )
+    p.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        default="auto",
+        help="auto: bf16 autocast on CUDA, fp32 on the CPU",
+    )
+    p.add_argument(
+        "--workers",
+        type=args_.integer(0, 64),
+        help="DataLoader processes (default: 0 on the CPU, up to 8 for a GPU)",
+    )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run_train)
 
@@ -100,7 +132,24 @@ def _register_evaluate(msub: Any) -> None:
     p.add_argument(
         "--out", type=args_.path, required=True, help="folder for metrics.csv, report.html"
     )
-    p.add_argument("--split", default="test", choices=("train", "val", "test"))
+    p.add_argument(
+        "--split",
+        default="test",
+        choices=("train", "val", "test"),
+        help="split every reported figure comes from",
+    )
+    p.add_argument(
+        "--threshold-split",
+        default="val",
+        choices=("train", "val", "test", "none"),
+        help="split thresholds are chosen and tasks validated on (never --split)",
+    )
+    p.add_argument(
+        "--min-auc",
+        type=args_.number(0.0, 1.0),
+        default=0.6,
+        help="lowest threshold-split AUC for an operating point (its CI must exclude 0.5 too)",
+    )
     p.add_argument(
         "--rule",
         choices=("sensitivity", "net_benefit"),
@@ -116,14 +165,14 @@ def _register_evaluate(msub: Any) -> None:
     p.add_argument(
         "--backbone", type=args_.path, help="backbone weight file, if not where the card says"
     )
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument(
         "--write-thresholds",
         nargs="?",
         const=True,
         default=False,
         metavar="DEST",
-        help="write the thresholds into the card (in place, or a copy at DEST)",
+        help="write the validated thresholds into the card (in place, or a copy at DEST)",
     )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run_evaluate)
@@ -194,6 +243,10 @@ def run_train(args: argparse.Namespace) -> int:
         version=args.model_version,
         demo=args.preset == "demo",
         log=print,
+        device=args.device,
+        checkpointing=args.checkpointing,
+        precision=args.precision,
+        workers=args.workers,
     )
     print(
         f"best checkpoint: {result.best} (epoch {result.best_epoch + 1}, "
@@ -210,6 +263,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
         args.manifest,
         args.out,
         split=args.split,
+        threshold_split=None if args.threshold_split == "none" else args.threshold_split,
+        min_auc=args.min_auc,
         rule=args.rule,
         target_sensitivity=args.target_sensitivity,
         n_boot=args.bootstrap,
@@ -225,6 +280,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
             f"mean AUC ({g}, {m['tasks']} tasks): {m['auc']:.3f} "
             f"[{m['ci_low']:.3f}, {m['ci_high']:.3f}]"
         )
+    for name, reason in result.not_validated.items():
+        print(f"not validated, no operating point: {name} ({reason})")
     for name, path in result.files.items():
         print(f"{name}: {path}")
     return 0
@@ -239,9 +296,21 @@ def run_phantoms(args: argparse.Namespace) -> int:
 
 
 def run_make_demo(args: argparse.Namespace) -> int:
-    from hyperct_core.demo import DEMO_DIR, make_demo_model
+    from hyperct_core.demo import DEMO_DIR, evaluate_demo_model, make_demo_model
 
     _threads(args.threads)
+    if args.evaluate_only:
+        import shutil
+        import tempfile
+
+        from hyperct_core.demo import demo_checkpoint_path
+
+        with tempfile.TemporaryDirectory(prefix="hyperct-demo-weights-") as tmp:
+            weights = Path(tmp) / "weights"  # a copy: ``out`` may be the package folder
+            shutil.copytree(demo_checkpoint_path(), weights)
+            out = evaluate_demo_model(weights, args.out or DEMO_DIR, work=args.work, log=print)
+        print(f"demo checkpoint: {out}")
+        return 0
     out = make_demo_model(
         args.out or DEMO_DIR, work=args.work, progress=not args.no_progress, log=print
     )
@@ -249,12 +318,60 @@ def run_make_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def model_info(path: Path, backbone: Path | None = None) -> dict[str, Any]:
-    """Card and parameter counts of a checkpoint (loads and verifies it fully)."""
+def model_info(
+    path: Path | None, backbone: Path | None = None, config: Path | None = None
+) -> dict[str, Any]:
+    """Card, held-out figures and parameter counts of a checkpoint (loaded and verified).
+
+    Without ``path``: the checkpoint ``serve`` would load with ``config``
+    (``[model].checkpoint``, else the bundled demo model).
+    """
     from hyperct_core.checkpoint import load_checkpoint
 
+    source = "given path"
+    if path is None:
+        from agent.config import load_settings
+        from agent.pipeline.model import model_source
+
+        chosen = model_source(load_settings(config, check_files=False).model)
+        path = chosen.path
+        source = "bundled demo model" if chosen.is_demo else "[model].checkpoint"
     model, card = load_checkpoint(path, backbone_path=backbone)
-    return {"card": card.to_dict(), "parameters": model.parameter_counts()}
+    return {
+        "path": str(path),
+        "source": source,
+        "card": card.to_dict(),
+        "held_out": held_out_figures(card.to_dict()),
+        "parameters": model.parameter_counts(),
+    }
+
+
+def held_out_figures(card: dict[str, Any]) -> dict[str, Any]:
+    """Per task: operating point (or why none), held-out AUC with its CI, and the splits."""
+    record = (card.get("extra") or {}).get("operating_points") or {}
+    tasks = record.get("tasks") or {}
+    out: dict[str, Any] = {
+        "manifest": record.get("manifest"),
+        "threshold_split": record.get("threshold_split", record.get("split")),
+        "held_out_split": record.get("held_out_split"),
+        "tasks": {},
+    }
+    for name, r in tasks.items():
+        held = r.get("held_out")
+        if held is None:  # a card written before thresholds and figures had separate splits
+            held = {"auc": r.get("auc"), "n": r.get("n")}
+        out["tasks"][name] = {
+            "validated": r.get("validated", "threshold" in r),
+            "reason": r.get("reason", ""),
+            "threshold": card["thresholds"].get(name) if r.get("validated", True) else None,
+            "held_out": held,
+            "threshold_split": r.get("threshold_split"),
+        }
+    return out
+
+
+def _pct(value: Any) -> str:
+    return "  n/a" if value is None else f"{100 * float(value):5.1f}"
 
 
 def format_info(info: dict[str, Any]) -> str:
@@ -264,19 +381,63 @@ def format_info(info: dict[str, Any]) -> str:
     where = "embedded" if bb.get("weights") == "embedded" else f"external file {bb.get('file')}"
     lines = [
         f"{card['name']} {card['version']}  [{state}]",
+        f"checkpoint: {info['path']} ({info['source']})",
         f"format: {card['format']}",
         f"backbone: {bb.get('identity')} ({where})",
         f"lora: rank {card['lora']['rank']}, scale {card['lora']['scale']}; "
         f"head input size {card['head_input_size']}",
         f"training data: {json.dumps(card['training_data'], sort_keys=True)}",
         f"preprocessing: {json.dumps(card['preprocessing'], sort_keys=True)}",
-        f"tasks ({len(card['tasks'])}), operating thresholds:",
     ]
-    lines += [
-        f"  {i:2d} {name:<38s} {card['thresholds'].get(name, float('nan')):.4f}"
-        for i, name in enumerate(card["tasks"])
-    ]
-    lines.append("parameters:")
+    held = info["held_out"]
+    if held["tasks"]:
+        splits = (
+            f"thresholds from split {held['threshold_split']!r}, figures from split "
+            f"{held['held_out_split']!r}"
+            if held["held_out_split"]
+            else f"thresholds and figures from the same split {held['threshold_split']!r} "
+            "(an old card: its figures are not held out)"
+        )
+        lines.append(f"operating points ({held['manifest']}; {splits}):")
+    else:
+        lines.append(
+            "operating points: none evaluated (`model evaluate --write-thresholds` sets them)"
+        )
+    lines.append(f"  {'':<38s} {'':>9s}  held-out figures (split {held['held_out_split']!r})")
+    lines.append(f"  {'task':<38s} {'threshold':>9s}  AUC %  95 % CI      sens %  spec %")
+    assessed = 0
+    for name in card["tasks"]:
+        t = held["tasks"].get(name)
+        if t is None:
+            # No record of how (or whether) this threshold was chosen.
+            value = card["thresholds"].get(name) if not held["tasks"] else None
+            thr = f"{value:9.3f}" if value is not None else "     none"
+            assessed += value is not None
+            lines.append(f"  {name:<38s} {thr}  not evaluated")
+            continue
+        h = t["held_out"]
+        thr = f"{t['threshold']:9.3f}" if t["threshold"] is not None else "     none"
+        assessed += t["threshold"] is not None
+        ci = (
+            f"{_pct(h.get('ci_low'))}-{_pct(h.get('ci_high')).strip():<5s}"
+            if h.get("ci_low") is not None
+            else " " * 11
+        )
+        row = (
+            f"  {name:<38s} {thr}  {_pct(h.get('auc'))} {ci} "
+            f"{_pct(h.get('sensitivity'))}   {_pct(h.get('specificity'))}"
+        )
+        if not t["validated"]:
+            row += (
+                f"  NOT VALIDATED on split {held['threshold_split']!r}: "
+                f"{t['reason'] or 'no operating point'}"
+            )
+        lines.append(row)
+    lines.append(
+        f"{assessed} of {len(card['tasks'])} tasks have an operating point; "
+        "the others are reported 'not assessed'"
+    )
+    lines.append("parameters (this code's count):")
     labels = [
         ("backbone", "backbone (frozen)"),
         ("hypernet_task_embedding", "hypernetwork: task embedding"),
@@ -291,6 +452,6 @@ def format_info(info: dict[str, Any]) -> str:
 
 
 def run_info(args: argparse.Namespace) -> int:
-    info = model_info(args.path, args.backbone)
+    info = model_info(args.path, args.backbone, args.config)
     print(json.dumps(info, indent=2, sort_keys=True) if args.json else format_info(info))
     return 0

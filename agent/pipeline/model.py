@@ -95,9 +95,13 @@ class ModelHolder:
                     "screening with the bundled DEMO model: not for clinical use; "
                     "set [model].checkpoint to an operator-provided checkpoint"
                 )
+            from hyperct_core.device import resolve_device
+
             started = time.monotonic()
+            # The rule `model train` and `model evaluate` use; a device not here is one line.
+            device = resolve_device(self.settings.device)
             self._predictor = load_predictor(
-                self.source.path, device=self.settings.device, dtype=self.settings.dtype
+                self.source.path, device=device, dtype=self.settings.dtype
             )
             card = self._predictor.card
             self.identity = _identity(self.source, card)

@@ -48,7 +48,9 @@ def operating_points(card: ModelCard) -> dict[str, float]:
     written by ``model evaluate --write-thresholds``), that record lists it:
     the card's other thresholds are placeholders that were never evaluated
     ("tasks not listed keep their threshold"). An entry there with
-    ``"validated": false`` also removes the task.
+    ``"validated": false`` (its validation AUC was below the minimum or its CI
+    included 0.5, :mod:`hyperct_core.evaluate`) also removes the task, whatever
+    ``thresholds`` says.
     """
     chosen = (card.extra.get("operating_points") or {}).get("tasks")
     points: dict[str, float] = {}

@@ -296,3 +296,22 @@ def test_model_info_command(ckpt: Path, tmp_path: Path, capsys):
     assert main(["model", "info", str(ckpt)]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("hyperct-agent: error:") and "\n" not in err
+
+
+def test_model_info_without_a_path_shows_what_serve_loads(tmp_path: Path, capsys):
+    """The bundled demo model (no [model].checkpoint), its held-out figures and splits."""
+    from agent.cli import main
+
+    assert main(["model", "info"]) == 0
+    out = capsys.readouterr().out
+    assert "(bundled demo model)" in out and "hyperct-demo-phantoms" in out
+    assert "thresholds from split 'val', figures from split 'test'" in out
+    [row] = [ln for ln in out.splitlines() if ln.strip().startswith("pleural_effusion")]
+    assert "NOT VALIDATED" not in row and "not evaluated" not in row
+    [row] = [ln for ln in out.splitlines() if ln.strip().startswith("medical_material")]
+    assert "none" in row and "NOT VALIDATED on split 'val'" in row
+    # A configured checkpoint is what serve would load instead.
+    config = tmp_path / "agent.toml"
+    config.write_text(f'[model]\ncheckpoint = "{tmp_path / "nowhere"}"\n')
+    assert main(["model", "info", "--config", str(config)]) == 2  # a configuration error
+    assert "nowhere" in capsys.readouterr().err

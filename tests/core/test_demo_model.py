@@ -39,6 +39,27 @@ def test_card_marks_a_demo_that_is_not_for_clinical_use() -> None:
         assert 0.05 < card.thresholds[task] < 0.8
 
 
+def test_card_figures_are_held_out_and_chance_tasks_have_no_operating_point() -> None:
+    """Thresholds from the evaluation phantoms' val half, figures from their test half."""
+    _, card = load_checkpoint(demo_checkpoint_path())
+    record = card.extra["operating_points"]
+    assert (record["threshold_split"], record["held_out_split"]) == ("val", "test")
+    assert record["min_auc"] == DEMO_RECIPE["evaluation"]["min_auc"]
+    validated = {t for t, r in record["tasks"].items() if r["validated"]}
+    assert set(card.thresholds) == validated and set(LARGE_FINDINGS) <= validated
+    for task, r in record["tasks"].items():
+        val = r["threshold_split"]
+        if r["validated"]:
+            assert val["auc"] >= record["min_auc"] and val["ci_low"] > 0.5
+            assert r["threshold"] == card.thresholds[task]
+        else:  # e.g. medical material, nodules: at chance on phantoms
+            assert r["threshold"] is None and r["reason"]
+            assert val["auc"] < record["min_auc"] or val["ci_low"] <= 0.5
+        held = r["held_out"]
+        assert held["n"] == 500 and held["ci_low"] <= held["auc"] <= held["ci_high"]
+    assert not record["tasks"]["medical_material"]["validated"]
+
+
 @pytest.fixture(scope="module")
 def predictor():  # type: ignore[no-untyped-def]
     return load_predictor(demo_checkpoint_path(), device="cpu", dtype="fp32")

@@ -138,14 +138,15 @@ def test_evaluate_cli_writes_report_csv_and_thresholds(tmp_path: Path) -> None:
     ckpt = tmp_path / "ckpt"
     save_checkpoint(model, make_card(model, preprocessing=pre.to_dict()), ckpt)
     manifest = write_phantom_dataset(
-        tmp_path / "data", 16, seed=1, fmt="npz", shape=(24, 48, 48), spacing=(12, 7, 7),
-        splits=(("test", 1.0),), prevalence=0.5, tasks=["cardiomegaly", "pleural_effusion"],
+        tmp_path / "data", 32, seed=1, fmt="npz", shape=(24, 48, 48), spacing=(12, 7, 7),
+        splits=(("val", 0.5), ("test", 0.5)), prevalence=0.5,
+        tasks=["cardiomegaly", "pleural_effusion"],
     )  # fmt: skip
     out = tmp_path / "eval"
     code = main(
         ["model", "evaluate", str(ckpt), str(manifest), "--out", str(out), "--bootstrap", "100",
-         "--rule", "net_benefit", "--write-thresholds", str(tmp_path / "with_thr"),
-         "--no-progress"]
+         "--rule", "net_benefit", "--min-auc", "0", "--write-thresholds",
+         str(tmp_path / "with_thr"), "--no-progress"]
     )  # fmt: skip
     assert code == 0
     with (out / "metrics.csv").open() as f:
@@ -164,10 +165,23 @@ def test_evaluate_cli_writes_report_csv_and_thresholds(tmp_path: Path) -> None:
         "cardiomegaly",
         "pleural_effusion",
     }
-    assert card.thresholds["cardiomegaly"] == pytest.approx(
-        float(rows["cardiomegaly"]["threshold"])
-    )
-    assert card.thresholds["emphysema"] == 0.5 and card.validated is False
+    assert (chosen["threshold_split"], chosen["held_out_split"]) == ("val", "test")
+    # A random tiny model: whatever the val split decided, the card and CSV agree, and
+    # only validated tasks have a threshold (the 0.5 placeholders are gone).
+    for task in ("cardiomegaly", "pleural_effusion"):
+        record = chosen["tasks"][task]
+        assert record["validated"] == (rows[task]["validated"] == "1")
+        if record["validated"]:
+            assert card.thresholds[task] == pytest.approx(float(rows[task]["threshold"]))
+        else:
+            assert task not in card.thresholds and rows[task]["threshold"] == ""
+    assert set(card.thresholds) <= {"cardiomegaly", "pleural_effusion"}
+    assert card.validated is False
+    # Thresholds chosen on the split that is reported: refused in one line.
+    assert main(
+        ["model", "evaluate", str(ckpt), str(manifest), "--out", str(out), "--split", "val",
+         "--threshold-split", "val", "--no-progress"]
+    ) == 1  # fmt: skip
 
 
 def test_evaluate_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -178,3 +192,107 @@ def test_evaluate_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.Capture
     assert main(["model", "evaluate", str(tmp_path), str(bad), "--out", str(tmp_path)]) == 1
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "unknown column 'heart'" in err
+
+
+def _split_pair(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Val and test splits of one informative task whose score scales differ.
+
+    The val scores are squeezed towards 0.5 and the test scores are not, so any rule
+    chosen on one split gives a different threshold on the other.
+    """
+    rng = np.random.default_rng(seed)
+    i = TASK_NAMES.index("cardiomegaly")
+
+    def split(n: int, squeeze: float) -> tuple[np.ndarray, np.ndarray]:
+        labels = np.full((n, len(TASK_NAMES)), np.nan)
+        y = rng.random(n) < 0.4
+        labels[:, i] = y
+        probs = np.full((n, len(TASK_NAMES)), 0.5)
+        logit = rng.normal(size=n) + 2.0 * y - 0.8
+        probs[:, i] = 0.5 + squeeze * (1 / (1 + np.exp(-logit)) - 0.5)
+        return labels, probs
+
+    val_labels, val_probs = split(300, 0.3)
+    test_labels, test_probs = split(300, 1.0)
+    return val_labels, val_probs, test_labels, test_probs
+
+
+@pytest.mark.parametrize("rule", ["sensitivity", "net_benefit"])
+def test_thresholds_come_from_the_threshold_split_and_figures_from_the_test_split(
+    rule: str,
+) -> None:
+    val_labels, val_probs, test_labels, test_probs = _split_pair(3)
+    i = TASK_NAMES.index("cardiomegaly")
+    result = evaluate_predictions(
+        test_labels, test_probs, threshold_labels=val_labels, threshold_probs=val_probs,
+        rule=rule, n_boot=200,
+    )  # fmt: skip
+    m = result.tasks["cardiomegaly"]
+    val_y, test_y = val_labels[:, i].astype(bool), test_labels[:, i].astype(bool)
+    on_val = choose_threshold(val_y, val_probs[:, i], rule)
+    on_test = choose_threshold(test_y, test_probs[:, i], rule)
+    assert on_val != on_test  # the construction makes the two splits disagree
+    assert m["validated"] and m["threshold"] == on_val == result.thresholds["cardiomegaly"]
+    # Figures are the test split's, at the val threshold.
+    assert m["auc"] == pytest.approx(roc_auc(test_y, test_probs[:, i]))
+    assert m["n"] == 300 and m["val"]["auc"] == pytest.approx(roc_auc(val_y, val_probs[:, i]))
+    refer = test_probs[:, i] >= on_val
+    assert m["sensitivity"] == pytest.approx((refer & test_y).sum() / test_y.sum())
+    assert m["specificity"] == pytest.approx((~refer & ~test_y).sum() / (~test_y).sum())
+    # No threshold split: figures only, no task gets a threshold.
+    alone = evaluate_predictions(test_labels, test_probs, n_boot=50)
+    assert alone.thresholds == {} and not alone.tasks["cardiomegaly"]["validated"]
+
+
+def test_an_uninformative_task_gets_no_threshold_and_no_flag() -> None:
+    """AUC near 0.5 on the threshold split: no operating point, so no Present finding."""
+    from agent.report.inputs import Findings, ModelIdentity, operating_points
+    from agent.report.referral import referral
+    from hyperct_core.checkpoint import ModelCard
+    from hyperct_core.evaluate import operating_points_record
+
+    rng = np.random.default_rng(8)
+    n = 400
+    names = ("cardiomegaly", "medical_material", "reduced_lv_systolic_function")
+    labels = np.full((n, len(TASK_NAMES)), np.nan)
+    probs = rng.random((n, len(TASK_NAMES)))
+    for name in names:
+        labels[:, TASK_NAMES.index(name)] = rng.random(n) < 0.4
+    cm = TASK_NAMES.index("cardiomegaly")
+    probs[:, cm] = 0.3 * labels[:, cm] + 0.7 * rng.random(n)  # informative, AUC ~0.9
+    # medical_material and LV function: probabilities unrelated to the labels.
+    half = n // 2
+    result = evaluate_predictions(
+        labels[half:], probs[half:], threshold_labels=labels[:half],
+        threshold_probs=probs[:half], rule="net_benefit", n_boot=300,
+    )  # fmt: skip
+    assert result.tasks["cardiomegaly"]["validated"]
+    for name in names[1:]:
+        m = result.tasks[name]
+        assert not m["validated"] and m["threshold"] is None, m["val"]
+        assert "0.5" in m["reason"] or "below the minimum" in m["reason"]
+        assert math.isnan(m["sensitivity"])
+    # Even a higher-than-chance task is refused below the configured minimum.
+    strict = evaluate_predictions(
+        labels[half:], probs[half:], threshold_labels=labels[:half],
+        threshold_probs=probs[:half], min_auc=0.999, n_boot=50,
+    )  # fmt: skip
+    assert strict.thresholds == {}
+
+    # The card the result writes: the agent assesses only cardiomegaly, and a study
+    # with every probability at 1.0 is flagged for nothing else (no echo referral either).
+    record = operating_points_record(
+        result, {"manifest": "m.csv", "split": "test", "threshold_split": "val", "date": "d"}
+    )
+    card = ModelCard(
+        name="m", version="1", tasks=list(TASK_NAMES), model={}, preprocessing={},
+        backbone={}, thresholds={**dict.fromkeys(TASK_NAMES, 0.5), **result.thresholds},
+        training_data={}, validated=False, extra={"operating_points": record},
+    )  # fmt: skip
+    assert set(operating_points(card)) == {"cardiomegaly"}
+    identity = ModelIdentity.from_card(card, "0" * 64)
+    findings = Findings.from_model([1.0] * len(TASK_NAMES), identity)
+    assert findings.status("cardiomegaly") == "present"
+    assert findings.status("medical_material") == "not assessed"
+    assert findings.status("reduced_lv_systolic_function") == "not assessed"
+    assert referral(findings) == []

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hyperct_core.device import cpu_has_native_bf16
 from hyperct_core.inference import Predictor
 from hyperct_core.lora import lora_targets, vit_cls
 from tests.core.tiny_models import studies, tiny_model
@@ -181,9 +182,7 @@ def test_bf16_within_001_of_fp32(model, batch, fp32_probs, strategy):
     assert diff <= 0.01
 
 
-@pytest.mark.skipif(
-    not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="CPU without native bf16"
-)
+@pytest.mark.skipif(not cpu_has_native_bf16(), reason="CPU without native bf16")
 def test_auto_dtype_takes_bf16_only_where_it_holds(model, batch, fp32_probs):
     # The tiny test models are narrow: lift the width floor to exercise the probe itself.
     fine = Predictor(model, device="cpu", dtype="auto", bf16_min_width=0)

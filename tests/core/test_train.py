@@ -120,3 +120,33 @@ def test_train_cli_needs_a_backbone(
     assert main(["model", "train", str(small_data), "--out", str(tmp_path / "r")]) == 1
     err = capsys.readouterr().err.strip()
     assert "no backbone" in err and "\n" not in err
+
+
+@pytest.mark.slow  # two short trainings: ~15-35 s on 2 cores
+def test_cpu_training_with_checkpointing_matches_and_is_recorded(
+    small_data: Path, tmp_path: Path
+) -> None:
+    """Same losses and weights with activation checkpointing; the card says how it ran."""
+    model_config, preprocess, recipe = _setup(epochs=1, backbone_epochs=1, schedule="constant")
+    kwargs = {"model_config": model_config, "preprocess": preprocess, "random_backbone": True}
+    plain = train(small_data, tmp_path / "a", config=recipe, device="cpu", **kwargs)
+    ckpt = train(
+        small_data, tmp_path / "b", config=recipe, device="cpu", checkpointing=True, **kwargs
+    )
+    for a, b in zip(plain.history, ckpt.history, strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+    ma, card = load_checkpoint(plain.last)
+    mb, card_b = load_checkpoint(ckpt.last)
+    for (name, pa), pb in zip(ma.state_dict().items(), mb.state_dict().values(), strict=True):
+        assert torch.allclose(pa, pb, atol=1e-5), name
+    training = card.extra["training"]
+    assert (training["device"], training["precision"]) == ("cpu", "fp32")
+    assert training["activation_checkpointing"] is False
+    assert card_b.extra["training"]["activation_checkpointing"] is True
+    # A trained model has no operating point until `model evaluate` gives it one.
+    assert card.thresholds == {}
+    state = torch.load(tmp_path / "a" / "last" / "train_state.pt", weights_only=False)
+    moments = [t for s in state["optimizer"]["state"].values() for t in s.values()]
+    assert moments and all(t.device.type == "cpu" for t in moments)
+    with pytest.raises(TrainError, match="bf16 autocast is for CUDA"):
+        train(small_data, tmp_path / "c", config=recipe, device="cpu", precision="bf16", **kwargs)
