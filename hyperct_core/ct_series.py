@@ -62,10 +62,12 @@ def _instance(
     ds.ReferringPhysicianName = ""
     ds.StudyID = "1"
     ds.AccessionNumber = ""
-    # General Series (C.7.3.1): Patient Position is required for CT.
+    # General Series (C.7.3.1): Patient Position is required for CT; with the body part
+    # named, Laterality (2C, paired parts only) may be absent.
     ds.Modality = "CT"
     ds.SeriesInstanceUID = series_uid
     ds.SeriesNumber = 1
+    ds.BodyPartExamined = "CHEST"
     ds.PatientPosition = "HFS"
     # Frame of Reference (C.7.4.1) and General Equipment (C.7.5.1)
     ds.FrameOfReferenceUID = frame_uid
@@ -152,6 +154,7 @@ def ct_image_series(
         ds.RescaleSlope = slope
         ds.RescaleIntercept = intercept
         ds.RescaleType = "HU"
+        ds.AcquisitionNumber = 1  # Type 2 in the CT Image Module
         ds.PixelData = pixels.tobytes()
         _apply(ds, attrs)
         out.append(ds)
@@ -172,7 +175,9 @@ def enhanced_ct_image(
     """One Enhanced CT Image Storage instance holding ``frames`` in the order given.
 
     Orientation, pixel measures and rescale sit in the Shared Functional Groups,
-    each frame's position in the Per-frame Functional Groups (C.7.6.16).
+    each frame's position in the Per-frame Functional Groups (C.7.6.16). It holds what
+    reading the volume needs, not every Type 1 attribute of the IOD (the Enhanced
+    General Equipment Module and the Frame Anatomy macro, for instance, are absent).
     """
     if len(frames) != len(positions):
         raise ValueError(f"{len(positions)} positions for {len(frames)} frames")

@@ -154,11 +154,9 @@ def write_dicom_series(
         "SeriesDescription": description,
         "SeriesDate": date,
         "SeriesTime": "120000",
-        "BodyPartExamined": "CHEST",
         "Manufacturer": manufacturer,
         "ProtocolName": protocol_name,
         "ContrastBolusAgent": contrast_agent,  # Contrast/Bolus Module (C.7.6.4)
-        "AcquisitionNumber": 1,
         "ContentDate": date,
         "ContentTime": "120000",
         "BurnedInAnnotation": "NO",

@@ -31,9 +31,7 @@ HEADER: dict[str, Any] = {
     "SeriesDescription": "CHEST NON-CONTRAST",
     "StudyDescription": "CT CHEST WITHOUT CONTRAST",
     "ProtocolName": "CHEST ROUTINE",
-    "BodyPartExamined": "CHEST",
     "Manufacturer": "HyperCT test",
-    "AcquisitionNumber": 1,
 }
 
 
