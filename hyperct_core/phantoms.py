@@ -164,7 +164,7 @@ def write_dicom_series(
         "WindowWidth": 1500,
     }
     datasets = ct_image_series(
-        list(stored),
+        stored,
         [[round(x0, 4), round(y0, 4), z] for z in zs],
         pixel_spacing=[round(dy, 6), round(dx, 6)],  # row spacing \ column spacing
         slice_thickness=round(dz, 6),
