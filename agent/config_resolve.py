@@ -51,8 +51,6 @@ def check_tls_files(settings: Settings, cfg_path: Path) -> None:
 
 def resolve_settings(settings: Settings, cfg_path: Path) -> Settings:
     """Paths made absolute, the database URL chosen and checked, the checkpoint found."""
-    from agent.config import DatabaseSettings
-
     base = cfg_path.resolve().parent
     user_config = cfg_path.resolve() != default_config_path().resolve()
     # The packaged default keeps its data in the working directory, not the install prefix.
@@ -104,7 +102,7 @@ def resolve_settings(settings: Settings, cfg_path: Path) -> Settings:
             "node": node,
             "destinations": destinations,
             "storage": storage,
-            "database": DatabaseSettings(url=url),
+            "database": settings.database.model_copy(update={"url": url}),
             "model": model,
             "source": cfg_path,
         }
