@@ -24,12 +24,12 @@ from agent.config import load_settings
 from agent.pipeline.sweep import Sweeper
 from agent.series.completeness import FOLDER_FINAL, forced_reason
 from hyperct_core.errors import PreprocessError
+from hyperct_core.grid_phantom import Grid, make_enhanced
 from hyperct_core.volume import volume_from_datasets
 from storage.models import Instance, Job, Series
 from storage.types import utcnow
 from tests.agent.conftest import NodeUnderTest
 from tests.agent.test_cli import cli, config_for
-from tests.core.synthetic_series import Grid, make_enhanced
 from tests.support.ct_series import CANARY_BIRTH, CANARY_ID, CANARY_NAME, ct_series, write_series
 
 # Small series: 16 x 16 pixels, a dozen slices; the thresholds are scaled to match.

@@ -15,9 +15,9 @@ from agent.intake.folder import COPY, NOT_DICOM, facts_from_files, read_files
 from agent.intake.stored import SeriesNotFound, facts_from_db, study_facts_from_db
 from agent.series.completeness import judge_completeness
 from agent.series.facts import SeriesFacts
+from hyperct_core.grid_phantom import Grid, make_enhanced
 from tests.agent.conftest import NodeUnderTest
 from tests.agent.test_node import scu_send
-from tests.core.synthetic_series import Grid, make_enhanced
 from tests.support.ct_series import ct_series, write_series
 
 # z positions 0, -2, ... with slices 6 and 7 missing, sent shuffled.

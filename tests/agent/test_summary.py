@@ -25,7 +25,7 @@ from agent.report.summary import (
     render_summary,
     summary_object,
 )
-from hyperct_core import phantoms
+from hyperct_core import phantom_anatomy, phantoms
 from hyperct_core.tasks import TASK_NAMES
 from hyperct_core.volume import volume_from_datasets
 from storage.files import InstanceStore
@@ -128,8 +128,8 @@ def test_the_key_slice_passes_through_the_heart(seed: int, scale: float) -> None
     shape, spacing = (64, 64, 64), (5.0, 5.6, 5.6)
     spec = phantoms.PhantomSpec(heart_scale=scale, seed=seed, pleural_mm=30.0)
     hu = phantoms.make_volume(spec, shape, spacing, np.random.default_rng(0))
-    anatomy = phantoms._anatomy(np.random.default_rng([seed, 0]), shape[0] * spacing[0])
-    centre, radii = phantoms._heart_geometry(anatomy, scale)
+    anatomy = phantom_anatomy._anatomy(np.random.default_rng([seed, 0]), shape[0] * spacing[0])
+    centre, radii = phantom_anatomy._heart_geometry(anatomy, scale)
     z = (np.arange(shape[0]) - (shape[0] - 1) / 2) * spacing[0]
     index = choose_heart_slice(hu)
     assert abs(z[index] - centre[2]) < 0.6 * radii[2], (z[index], centre[2], radii[2])

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from hyperct_core.errors import HyperCTError, PreprocessError
+from hyperct_core.grid_phantom import Grid, make_series
 from hyperct_core.preprocess import (
     PreprocessConfig,
     PreprocessConfigError,
@@ -20,7 +21,6 @@ from hyperct_core.preprocess import (
     preprocess_series,
 )
 from hyperct_core.volume import volume_from_array
-from tests.core.synthetic_series import Grid, make_series
 
 GRID = Grid()
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)

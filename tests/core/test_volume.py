@@ -13,6 +13,12 @@ from pydicom.dataset import Dataset
 from pydicom.uid import SecondaryCaptureImageStorage, generate_uid
 
 from hyperct_core.errors import PreprocessError
+from hyperct_core.grid_phantom import (
+    Grid,
+    make_enhanced,
+    make_series,
+    reference_volume,
+)
 from hyperct_core.volume import (
     HUVolume,
     check_geometry,
@@ -20,12 +26,6 @@ from hyperct_core.volume import (
     same_images,
     volume_from_array,
     volume_from_datasets,
-)
-from tests.core.synthetic_series import (
-    Grid,
-    make_enhanced,
-    make_series,
-    reference_volume,
 )
 
 GRID = Grid()

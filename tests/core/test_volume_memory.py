@@ -26,8 +26,8 @@ from pydicom.uid import (
 )
 
 from hyperct_core.errors import PreprocessError
+from hyperct_core.grid_phantom import Grid, make_enhanced, make_series, reference_volume
 from hyperct_core.volume import SeriesTooLarge, volume_from_datasets
-from tests.core.synthetic_series import Grid, make_enhanced, make_series, reference_volume
 from tests.support.ct_series import ct_series
 
 ROOT = Path(__file__).resolve().parents[2]
