@@ -214,9 +214,17 @@ class Destination(_Section):
 class ModelSettings(_Section):
     # Path to a checkpoint directory or file; empty means the bundled demo model.
     checkpoint: PathValue | None = None
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # auto, cpu, cuda or cuda:N (one GPU of several); checked against the machine at load.
+    device: str = "auto"
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     batch_size: Annotated[int, Field(ge=1, le=64)] = 2
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:[0-9]{1,2})?", value):
+            raise ValueError(f"{value[:40]!r} is not a device: use auto, cpu, cuda or cuda:N")
+        return value
 
 
 class LoggingSettings(_Section):
