@@ -18,8 +18,8 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless
 
 from hyperct_core.errors import PreprocessError
+from hyperct_core.grid_phantom import Grid, make_enhanced, make_series, reference_volume
 from hyperct_core.volume import read_series, volume_from_datasets
-from tests.core.synthetic_series import Grid, make_enhanced, make_series, reference_volume
 
 GRID = Grid()
 REFERENCE = reference_volume(GRID)
