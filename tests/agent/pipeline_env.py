@@ -127,13 +127,19 @@ class Serve:
 
 
 def wait_for(
-    condition: Callable[[], Any], timeout: float, what: str, serve: Serve | None = None
+    condition: Callable[[], Any],
+    timeout: float,
+    what: str,
+    serve: Serve | None = None,
+    detail: Any = None,
 ) -> Any:
+    """Poll ``condition``; on timeout fail with ``detail`` (what the condition last saw)
+    and the tail of the agent's log, its scheduler's chatter left out."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = condition()
         if value:
             return value
         time.sleep(0.2)
-    log = "".join(serve.lines[-40:]) if serve else ""
-    raise AssertionError(f"timed out waiting for {what}\n{log}")
+    lines = [line for line in serve.lines if "apscheduler" not in line] if serve else []
+    raise AssertionError(f"timed out waiting for {what}: {detail}\n" + "".join(lines[-40:]))

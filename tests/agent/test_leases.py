@@ -213,7 +213,11 @@ def test_a_killed_senders_deliveries_are_taken_over_once_their_leases_lapse(
         send(first.port, chest_series(tmp_path / "s"))
         wait_for(pacs.hanging.is_set, 180, "the first report in the PACS's hands", first)
         sending = [r for r in reports(db) if r.state == ReportState.SENDING]
-        assert sending and all(f":{first.proc.pid}:" in (r.claimed_by or "") for r in sending)
+        # The sender is the agent's node, a child process of the command.
+        pids = {first.proc.pid} | {int(e["pid"]) for e in first.events("child started")}
+        assert sending and all(
+            any(f":{pid}:" in (r.claimed_by or "") for pid in pids) for r in sending
+        )
         first.proc.kill()
         first.proc.wait(30)
         second = Serve(cfg)

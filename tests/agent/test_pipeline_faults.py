@@ -203,12 +203,15 @@ def test_two_agents_on_one_postgresql_never_screen_twice(
         for t in threads:
             t.join(120)
 
+        states: list[str] = []
+
         def all_done() -> bool:
             with db(url) as s:
                 jobs = s.scalars(select(Job)).all()
+                states[:] = [f"{j.state}: {j.reason}" for j in jobs]
                 return len(jobs) == 4 and all(j.state == JobState.DONE for j in jobs)
 
-        wait_for(all_done, 300, "four series screened by two agents", agents[0])
+        wait_for(all_done, 300, "four series screened by two agents", agents[0], detail=states)
         wait_for(lambda: len(receiver.received) >= 12, 60, "12 objects delivered", agents[0])
         time.sleep(1.0)
     finally:
