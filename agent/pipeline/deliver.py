@@ -85,6 +85,10 @@ class Deliverer:
         self.batch = batch
         self._held: set[int] = set()
         self._held_lock = threading.Lock()
+        # A file path given to send_c_store is sent from its bytes after the File Meta
+        # Information, not decoded and re-encoded (pynetdicom's default reads it whole).
+        # Process-wide, set once: the agent sends files by path only here.
+        pynetdicom_config.STORE_SEND_CHUNKED_DATASET = True
 
     def held(self) -> list[int]:
         """Ids of the deliveries this worker is sending now (their leases need renewing)."""
@@ -257,9 +261,7 @@ def _store(assoc: Association, stored: _Stored) -> Dataset:
     """C-STORE one file: as encoded on disk when the peer accepted its syntax."""
     accepted = [c for c in assoc.accepted_contexts if c.abstract_syntax == stored.sop_class]
     if any(c.transfer_syntax[0] == stored.transfer_syntax for c in accepted):
-        # A path is sent from its bytes after the File Meta Information, not decoded.
-        pynetdicom_config.STORE_SEND_CHUNKED_DATASET = True
-        return assoc.send_c_store(stored.path)
+        return assoc.send_c_store(stored.path)  # as stored (see Deliverer.__init__)
     if not accepted:
         raise ValueError(f"the destination accepted no context for SOP class {stored.sop_class}")
     log.debug(

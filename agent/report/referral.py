@@ -105,13 +105,3 @@ def referral(findings: Findings) -> list[str]:
     An empty list means the rule does not fire.
     """
     return list(decide(findings).fired)
-
-
-def unassessed_referral_tasks(findings: Findings) -> list[str]:
-    """Referral tasks without an operating point (reported "not assessed")."""
-    return list(decide(findings).unassessed)
-
-
-def rule_parameters(findings: Findings) -> list[str]:
-    """The rule as ``task>=threshold`` strings (TID 4019 Algorithm Parameters)."""
-    return decide(findings).parameters()
