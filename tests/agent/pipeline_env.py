@@ -57,15 +57,20 @@ def agent_config(
     database: str | None = None,
     extra: str = "",
     completeness: str = "",
+    storage_root: Path | None = None,
 ) -> Path:
-    """A config for :class:`Serve`; ``extra`` adds tables, ``completeness`` keys of that table."""
+    """A config for :class:`Serve`; ``extra`` adds tables, ``completeness`` keys of that table.
+
+    ``storage_root``: one root shared by several agents (as on a shared volume); by
+    default each config has its own ``storage`` beside it.
+    """
     dests = "".join(
         f'[[destinations]]\nname = "{n}"\nae_title = "{aet}"\nhost = "{h}"\nport = {p}\n'
         for n, aet, h, p in destinations
     )
     path = folder / "agent.toml"
     path.write_text(
-        f'[node]\nport = 0\n[storage]\nroot = "storage"\nmin_free_bytes = 0\n'
+        f'[node]\nport = 0\n[storage]\nroot = "{storage_root or "storage"}"\nmin_free_bytes = 0\n'
         f'[database]\nurl = "{database or "sqlite:///agent.db"}"\n'
         f'[model]\ncheckpoint = "{checkpoint}"\ndtype = "float32"\n'
         f"[completeness]\nidle_seconds = 1.0\nforce_seconds = 4.0\n{completeness}"

@@ -34,8 +34,9 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def config(folder: Path, checkpoint: Path, db_url: str, lease: float, renew: float) -> Path:
     """A config of an agent sharing ``db_url`` and ``folder``'s storage root."""
-    text = agent_config(folder, checkpoint, database=db_url).read_text()
-    text = text.replace('root = "storage"', f'root = "{folder / "storage"}"')
+    text = agent_config(
+        folder, checkpoint, database=db_url, storage_root=folder / "storage"
+    ).read_text()
     text = text.replace(
         "[pipeline]\n", f"[pipeline]\nlease_seconds = {lease}\nlease_renew_seconds = {renew}\n"
     )

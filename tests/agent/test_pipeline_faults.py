@@ -187,10 +187,9 @@ def test_two_agents_on_one_postgresql_never_screen_twice(
     for name in ("one", "two"):
         folder = tmp_path / name
         folder.mkdir()
-        configs.append(agent_config(folder, checkpoint, dest, database=url))
-    for config in configs:
-        text = config.read_text().replace('root = "storage"', f'root = "{tmp_path / "storage"}"')
-        config.write_text(text)
+        configs.append(
+            agent_config(folder, checkpoint, dest, database=url, storage_root=tmp_path / "storage")
+        )
     agents = [Serve(c) for c in configs]
     try:
         series = [chest_series(tmp_path / f"s{i}", seed=10 + i) for i in range(4)]

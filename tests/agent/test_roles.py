@@ -196,10 +196,8 @@ def test_two_nodes_and_two_screen_workers_share_one_database(
     for name in ("a", "b", "c", "d"):
         folder = tmp_path / name
         folder.mkdir()
-        config = agent_config(folder, checkpoint, dest, database=url)
-        shared = f'root = "{tmp_path / "storage"}"'  # one storage root, as on a shared volume
-        config.write_text(config.read_text().replace('root = "storage"', shared))
-        configs.append(config)
+        shared = tmp_path / "storage"  # one storage root, as on a shared volume
+        configs.append(agent_config(folder, checkpoint, dest, database=url, storage_root=shared))
     nodes = [Serve(c, args=("--role", "node")) for c in configs[:2]]
     workers = [
         Serve(c, args=("--role", "screen"), ready="screen worker started") for c in configs[2:]
