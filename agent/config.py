@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from agent.config_backfill import Archive, BackfillSettings
 from agent.config_base import (
     CT_IMAGE_STORAGE,
     CT_SOP_CLASSES,
@@ -26,6 +27,7 @@ from agent.config_base import (
     LEGACY_CONVERTED_ENHANCED_CT_IMAGE_STORAGE,
     AETitle,
     Contradiction,
+    DestinationTLS,
     Fraction,
     Millimetres,
     PathValue,
@@ -40,6 +42,7 @@ from agent.config_eligibility import (
     DEFAULT_NON_CONTRAST_PATTERNS,
     EligibilitySettings,
 )
+from agent.config_followup import MonitorSettings, OutcomeSettings, PatientSettings
 from agent.config_resolve import SUPPORTED_DATABASES, check_tls_files, resolve_settings
 from agent.errors import ConfigError
 from agent.resources import default_config_path
@@ -47,6 +50,8 @@ from agent.resources import default_config_path
 # The settings models of every section, and the names the sections are built from.
 __all__ = [
     "AETitle",
+    "Archive",
+    "BackfillSettings",
     "AuditSettings",
     "CT_IMAGE_STORAGE",
     "CT_SOP_CLASSES",
@@ -66,10 +71,13 @@ __all__ = [
     "Fraction",
     "LEGACY_CONVERTED_ENHANCED_CT_IMAGE_STORAGE",
     "LoggingSettings",
+    "MonitorSettings",
     "Millimetres",
     "ModelSettings",
     "NodeSettings",
     "NodeTLSSettings",
+    "OutcomeSettings",
+    "PatientSettings",
     "PBKDF2_MAX_ITERATIONS",
     "PBKDF2_MIN_ITERATIONS",
     "PathValue",
@@ -181,26 +189,6 @@ class DatabaseSettings(_Section):
     # How long receiving one instance may wait for a database lock or statement;
     # beyond it the C-STORE is refused (0xC211) and the sender resends later.
     receive_timeout_seconds: PositiveSeconds = 10.0
-
-
-class DestinationTLS(_Section):
-    """TLS for associations to one destination (PS3.15 B.1): the CA that signs its
-    certificate and, where it asks for one, this node's client certificate."""
-
-    ca_certificates: PathValue
-    certificate: PathValue | None = None
-    private_key: PathValue | None = None
-    # Check that the destination's certificate names ``host``.
-    verify_hostname: bool = True
-
-    @model_validator(mode="after")
-    def _pair(self) -> DestinationTLS:
-        if (self.certificate is None) != (self.private_key is None):
-            raise Contradiction(
-                "certificate" if self.certificate is None else "private_key",
-                "certificate and private_key go together",
-            )
-        return self
 
 
 class Destination(_Section):
@@ -323,6 +311,11 @@ class ReferralSettings(_Section):
 
     tasks: list[str] = []
     thresholds: dict[str, Fraction] = {}
+    # One referral per patient episode: a new CT of a patient referred within
+    # repeat_days says "previously recommended on DATE" (annotate) or does not
+    # recommend again (suppress).
+    repeat_days: Annotated[int, Field(ge=0, le=3650)] = 365
+    repeat_mode: Literal["annotate", "suppress"] = "annotate"
 
     @field_validator("tasks")
     @classmethod
@@ -461,6 +454,11 @@ class Settings(_Section):
     logging: LoggingSettings = LoggingSettings()
     audit: AuditSettings = AuditSettings()
     web: WebSettings = WebSettings()
+    patients: PatientSettings = PatientSettings()
+    outcomes: OutcomeSettings = OutcomeSettings()
+    monitor: MonitorSettings = MonitorSettings()
+    archives: list[Archive] = []
+    backfill: BackfillSettings = BackfillSettings()
     source: Path | None = Field(default=None, exclude=True)
 
     @field_validator("destinations")
@@ -470,6 +468,15 @@ class Settings(_Section):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"duplicate destination name {dupes[0]!r}")
+        return value
+
+    @field_validator("archives")
+    @classmethod
+    def _unique_archive_names(cls, value: list[Archive]) -> list[Archive]:
+        names = [a.name for a in value]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate archive name {dupes[0]!r}")
         return value
 
     @model_validator(mode="after")
@@ -483,6 +490,13 @@ class Settings(_Section):
                 if port == self.web.port:
                     raise Contradiction("web.port", f"{port} is also [node].{key}")
         return self
+
+    def archive(self, name: str) -> Archive:
+        for archive in self.archives:
+            if archive.name == name:
+                return archive
+        known = ", ".join(a.name for a in self.archives) or "none configured"
+        raise ConfigError(f"unknown archive {name!r} (known: {known})")
 
     def destination(self, name: str) -> Destination:
         for dest in self.destinations:
@@ -498,7 +512,7 @@ def _where(loc: tuple[int | str, ...]) -> str:
     if not parts:
         return "(top level)"
     head, *rest = parts
-    text = f"[[{head}]]" if head == "destinations" else f"[{head}]"
+    text = f"[[{head}]]" if head in ("destinations", "archives") else f"[{head}]"
     for p in rest:
         text += f"[{p + 1}]" if isinstance(p, int) else f".{p}"
     return text

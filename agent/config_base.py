@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 DATABASE_URL_ENV = "HYPERCT_DATABASE_URL"
 
@@ -42,3 +42,23 @@ class Contradiction(ValueError):
     def __init__(self, key: str, message: str) -> None:
         super().__init__(message)
         self.key = key
+
+
+class DestinationTLS(Section):
+    """TLS for associations to one destination (PS3.15 B.1): the CA that signs its
+    certificate and, where it asks for one, this node's client certificate."""
+
+    ca_certificates: PathValue
+    certificate: PathValue | None = None
+    private_key: PathValue | None = None
+    # Check that the destination's certificate names ``host``.
+    verify_hostname: bool = True
+
+    @model_validator(mode="after")
+    def _pair(self) -> DestinationTLS:
+        if (self.certificate is None) != (self.private_key is None):
+            raise Contradiction(
+                "certificate" if self.certificate is None else "private_key",
+                "certificate and private_key go together",
+            )
+        return self

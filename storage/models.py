@@ -61,6 +61,51 @@ class JobState(StrEnum):
     DEAD = "dead"  # out of attempts; requeue by hand
 
 
+class JobOrigin(StrEnum):
+    LIVE = "live"  # sent by PACS as it happens
+    BACKFILL = "backfill"  # retrieved from an archive by a backfill campaign
+
+
+#: Queue priorities (lower is claimed first).
+LIVE_PRIORITY = 0
+BACKFILL_PRIORITY = 10
+
+
+class ReferralState(StrEnum):
+    """What became of an echo recommendation (one referral per patient episode)."""
+
+    NEW = "new"
+    ACKNOWLEDGED = "acknowledged"
+    ECHO_DONE = "echo_done"
+    DECLINED = "declined"
+    NOT_INDICATED = "not_indicated"
+
+
+class CampaignState(StrEnum):
+    """A backfill campaign's life: planned from C-FIND, then retrieved while running."""
+
+    PLANNING = "planning"
+    PLANNED = "planned"
+    RUNNING = "running"
+    PAUSED = "paused"
+    CANCELLED = "cancelled"
+    DONE = "done"
+    FAILED = "failed"  # planning failed; last_error says why
+
+
+class BackfillState(StrEnum):
+    """One series of a campaign, from the query to the screening."""
+
+    PLANNED = "planned"  # eligible by its query attributes: to retrieve
+    SKIPPED = "skipped"  # not eligible by its query attributes; reason says why
+    ALREADY = "already"  # already stored, screened or planned elsewhere: never retrieved
+    RETRIEVING = "retrieving"  # held by a retriever (leased)
+    RETRIEVED = "retrieved"  # every instance arrived; the normal pipeline takes over
+    FAILED = "failed"  # refused, partial or archive down: retried after a backoff
+    DEAD = "dead"  # out of attempts
+    CANCELLED = "cancelled"
+
+
 class ReportState(StrEnum):
     """Delivery state of one report to one destination."""
 
@@ -98,6 +143,11 @@ class Study(Base):
     # DA is YYYYMMDD (PS3.5 6.2); room for the legacy "YYYY.MM.DD" form as sent.
     study_date: Mapped[str | None] = mapped_column(String(16))
     study_description: Mapped[str | None] = mapped_column(String(64))
+    # Keyed pseudonyms (HMAC-SHA256 hex with the installation's key, which is never
+    # stored here) of (Issuer of Patient ID, Patient ID) and of Accession Number:
+    # they link a patient's CTs, referrals and echo outcomes without patient data.
+    patient_pseudonym: Mapped[str | None] = mapped_column(String(64), index=True)
+    accession_pseudonym: Mapped[str | None] = mapped_column(String(64), index=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
@@ -138,6 +188,11 @@ class Series(Base):
     # Extent of Image Position (Patient) projected on the slice normal, in mm.
     min_slice_position: Mapped[float | None] = mapped_column(Float)
     max_slice_position: Mapped[float | None] = mapped_column(Float)
+    # Acquisition characteristics watched for drift (PS3.3 C.7.5.1, C.8.2.1):
+    # Manufacturer, KVP, Convolution Kernel (values joined by "\\").
+    manufacturer: Mapped[str | None] = mapped_column(String(64))
+    kvp: Mapped[float | None] = mapped_column(Float)
+    convolution_kernel: Mapped[str | None] = mapped_column(String(64))
 
     study: Mapped[Study] = relationship(back_populates="series")
     instances: Mapped[list[Instance]] = relationship(back_populates="series", passive_deletes=True)
@@ -199,6 +254,18 @@ class Job(Base):
     # blood pool (None when not measured) and the one-line outcome.
     blood_pool_hu: Mapped[float | None] = mapped_column(Float)
     image_check: Mapped[str | None] = mapped_column(Text)
+    # Where the series came from and its place in the queue: live (pushed by
+    # PACS) screens before backfill (retrieved from an archive); lower first.
+    origin: Mapped[str] = mapped_column(
+        String(16), default=JobOrigin.LIVE, server_default=text("'live'")
+    )
+    priority: Mapped[int] = mapped_column(default=0, server_default=text("0"))
+    # The patient episode this screening belongs to, when it recommended an
+    # echo: a new referral, or (referral_repeat) one raised within repeat_days.
+    referral_id: Mapped[int | None] = mapped_column(
+        ForeignKey("referrals.id", ondelete="SET NULL", use_alter=True), index=True
+    )
+    referral_repeat: Mapped[bool | None] = mapped_column(Boolean)
 
     series: Mapped[Series] = relationship(back_populates="job")
     results: Mapped[list[Result]] = relationship(back_populates="job", passive_deletes=True)
@@ -271,3 +338,157 @@ class AuditEvent(Base):
     series_instance_uid: Mapped[str | None] = mapped_column(UID)
     sop_instance_uid: Mapped[str | None] = mapped_column(UID)
     detail: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+
+class Referral(Base):
+    """One echo recommendation per patient episode, and what became of it."""
+
+    __tablename__ = "referrals"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    patient_pseudonym: Mapped[str | None] = mapped_column(String(64), index=True)
+    # The screening that raised it (kept when the job is deleted: the referral stays).
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
+    study_date: Mapped[str | None] = mapped_column(String(16))
+    tasks: Mapped[list[str] | None] = mapped_column(JSON)
+    state: Mapped[ReferralState] = mapped_column(
+        _state_enum(ReferralState), default=ReferralState.NEW
+    )
+    referred_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    events: Mapped[list[ReferralEvent]] = relationship(
+        back_populates="referral", passive_deletes=True, order_by="ReferralEvent.id"
+    )
+
+
+class ReferralEvent(Base):
+    """An audited change of a referral's state: who, when, from what to what, why."""
+
+    __tablename__ = "referral_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    referral_id: Mapped[int] = mapped_column(
+        ForeignKey("referrals.id", ondelete="CASCADE"), index=True
+    )
+    occurred_at: Mapped[datetime] = mapped_column(default=utcnow)
+    from_state: Mapped[str | None] = mapped_column(String(16))
+    to_state: Mapped[str] = mapped_column(String(16))
+    actor: Mapped[str] = mapped_column(String(64))
+    note: Mapped[str | None] = mapped_column(Text)
+
+    referral: Mapped[Referral] = relationship(back_populates="events")
+
+
+class EchoOutcome(Base):
+    """An echocardiogram's result, its labels for the echo tasks and the CT it matches."""
+
+    __tablename__ = "echo_outcomes"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    source: Mapped[str] = mapped_column(String(16))  # "csv" | "sr"
+    # Re-importing the same row or receiving the same SR again changes nothing.
+    source_key: Mapped[str] = mapped_column(String(128), unique=True)
+    patient_pseudonym: Mapped[str | None] = mapped_column(String(64), index=True)
+    accession_pseudonym: Mapped[str | None] = mapped_column(String(64), index=True)
+    exam_date: Mapped[str] = mapped_column(String(8))  # DA, YYYYMMDD
+    measurements: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # task name -> 1 / 0; a task whose measurements are missing is absent.
+    labels: Mapped[dict[str, Any]] = mapped_column(JSON)
+    job_id: Mapped[int | None] = mapped_column(
+        ForeignKey("jobs.id", ondelete="SET NULL"), index=True
+    )
+    match_days: Mapped[int | None] = mapped_column(Integer)  # echo date - CT date
+    rel_path: Mapped[str | None] = mapped_column(String(512))  # a received SR, as stored
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class MonitorCheck(Base):
+    """One drift or performance check: a statistic against its alert threshold."""
+
+    __tablename__ = "monitor_checks"
+    __table_args__ = (Index("ix_monitor_checks_name_checked_at", "name", "checked_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    checked_at: Mapped[datetime] = mapped_column(default=utcnow)
+    kind: Mapped[str] = mapped_column(String(16))  # "score" | "input" | "performance"
+    name: Mapped[str] = mapped_column(String(64))  # a task or an input characteristic
+    statistic: Mapped[str] = mapped_column(String(16))  # "psi" | "ks" | "auc" ...
+    value: Mapped[float | None] = mapped_column(Float)
+    threshold: Mapped[float | None] = mapped_column(Float)
+    alert: Mapped[bool] = mapped_column(Boolean, default=False)
+    n: Mapped[int] = mapped_column(default=0)
+    window_start: Mapped[datetime | None]
+    window_end: Mapped[datetime | None]
+    detail: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+
+class BackfillCampaign(Base):
+    """A retrospective screening of one archive over a date range."""
+
+    __tablename__ = "backfill_campaigns"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    archive: Mapped[str] = mapped_column(String(64))  # an [[archives]] name
+    date_from: Mapped[str] = mapped_column(String(8))  # DA, inclusive
+    date_to: Mapped[str] = mapped_column(String(8))
+    filters: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    state: Mapped[CampaignState] = mapped_column(
+        _state_enum(CampaignState), default=CampaignState.PLANNING
+    )
+    studies_found: Mapped[int] = mapped_column(default=0, server_default=text("0"))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+    series: Mapped[list[BackfillSeries]] = relationship(
+        back_populates="campaign", passive_deletes=True
+    )
+
+
+class BackfillSeries(Base):
+    """One series a campaign found, judged from its query attributes, and its retrieve.
+
+    Carries the queue columns of :mod:`storage.queue`, so retrieves are leased,
+    retried with backoff and dead-lettered like jobs and deliveries.
+    """
+
+    __tablename__ = "backfill_series"
+    __table_args__ = (
+        UniqueConstraint("campaign_id", "series_instance_uid"),
+        Index("ix_backfill_series_state_next_attempt_at", "state", "next_attempt_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    campaign_id: Mapped[int] = mapped_column(
+        ForeignKey("backfill_campaigns.id", ondelete="CASCADE"), index=True
+    )
+    study_instance_uid: Mapped[str] = mapped_column(UID)
+    series_instance_uid: Mapped[str] = mapped_column(UID, index=True)
+    study_date: Mapped[str | None] = mapped_column(String(16))
+    modality: Mapped[str | None] = mapped_column(String(16))
+    series_description: Mapped[str | None] = mapped_column(String(64))
+    body_part_examined: Mapped[str | None] = mapped_column(String(16))
+    expected_instances: Mapped[int | None] = mapped_column(Integer)
+    state: Mapped[BackfillState] = mapped_column(
+        _state_enum(BackfillState), default=BackfillState.PLANNED
+    )
+    reason: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(default=0, server_default=text("0"))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    next_attempt_at: Mapped[datetime | None]
+    claimed_by: Mapped[str | None] = mapped_column(String(128))
+    claimed_at: Mapped[datetime | None]
+    # The last retrieve's sub-operation counts (PS3.4 C.4.2.1.6 / C.4.3.1.3).
+    completed_suboperations: Mapped[int | None] = mapped_column(Integer)
+    failed_suboperations: Mapped[int | None] = mapped_column(Integer)
+    warning_suboperations: Mapped[int | None] = mapped_column(Integer)
+    received_instances: Mapped[int | None] = mapped_column(Integer)
+    retrieved_at: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    campaign: Mapped[BackfillCampaign] = relationship(back_populates="series")

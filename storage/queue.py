@@ -29,7 +29,7 @@ from enum import StrEnum
 from typing import Generic, TypeVar
 
 from sqlalchemy import ColumnElement, or_, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from storage.models import Job, JobState, Report, ReportState
 from storage.types import utcnow
@@ -43,6 +43,13 @@ LEASE_LAPSED = "lease lapsed: its worker stopped renewing it (stopped or unreach
 def backoff(base_seconds: float, attempts: int, cap_seconds: float = 6 * 3600) -> timedelta:
     """Exponential backoff: base, 2 x base, 4 x base, ... capped."""
     return timedelta(seconds=min(cap_seconds, base_seconds * 2 ** max(0, attempts - 1)))
+
+
+def _claim_order(model: type[Job] | type[Report]) -> list[InstrumentedAttribute[int]]:
+    # Jobs: live before backfill (priority), then first come first served.
+    if model is Job:
+        return [Job.priority, Job.id]
+    return [model.id]
 
 
 class LeasedQueue(Generic[Row]):
@@ -70,7 +77,7 @@ class LeasedQueue(Generic[Row]):
                     m.state.in_((self.waiting, self.failed)),
                     or_(m.next_attempt_at.is_(None), m.next_attempt_at <= now),
                 )
-                .order_by(m.id)
+                .order_by(*_claim_order(m))
                 .limit(limit)
                 .with_for_update(skip_locked=True)
             )
