@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from storage.db import make_session_factory
 from storage.ingest import record_instance
-from storage.models import Job, JobState, Report, ReportState
+from storage.models import BACKFILL_PRIORITY, Job, JobOrigin, JobState, Report, ReportState
 from storage.queue import (
     DELIVERIES,
     JOBS,
@@ -287,6 +287,16 @@ def test_job_names_finish_with_values(session: Session) -> None:
     assert (job.state, job.model_version, job.echo_referral) == (JobState.DONE, "1.0", True)
     claim_jobs(session, "w2", limit=1, now=utcnow() - timedelta(hours=1))
     assert requeue_stale_jobs(session, 60) == 1
+
+
+def test_live_jobs_are_claimed_before_older_backfill_jobs(session: Session) -> None:
+    ids = queued_jobs(session, 4)
+    for job_id in ids[:3]:  # the three oldest came from an archive
+        job = session.get(Job, job_id)
+        assert job is not None
+        job.origin, job.priority = JobOrigin.BACKFILL, BACKFILL_PRIORITY
+    session.commit()
+    assert [j.id for j in claim_jobs(session, "w1", limit=2)] == [ids[3], ids[0]]
 
 
 def test_report_names_record_sent_and_failed(session: Session) -> None:
