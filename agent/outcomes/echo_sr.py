@@ -130,8 +130,11 @@ class NumItem:
     modifiers: tuple[tuple[Code, Code], ...] = ()
     selected: bool = False
 
-    def modifier(self, name: Code) -> Code | None:
-        return next((value for concept, value in self.modifiers if concept == name), None)
+    def has_modifier(self, name: Code, value: Code) -> bool:
+        return any(n == name and v == value for n, v in self.modifiers)
+
+    def at(self, site: Code) -> bool:
+        return self.site is not None and self.site == site
 
 
 @dataclass(frozen=True)
@@ -247,7 +250,7 @@ def _convert(item: NumItem, units: dict[str, float], what: str) -> float:
     factor = units.get(item.unit)
     if factor is None:
         raise MalformedEchoReport(f"{what} in unit {item.unit[:16]!r}")
-    return item.value * factor
+    return round(item.value * factor, 6)  # 61 mm is 6.1 cm, not 6.1000000000000005
 
 
 def read_measurements(items: list[NumItem]) -> dict[str, float]:
@@ -266,7 +269,7 @@ def read_measurements(items: list[NumItem]) -> dict[str, float]:
     tr = _pick(items, (_TR_VMAX,))
     if tr is None:
         jets = [
-            n for n in items if n.site == _TRICUSPID and n.modifier(_FLOW_DIRECTION) == _REGURGITANT
+            n for n in items if n.at(_TRICUSPID) and n.has_modifier(_FLOW_DIRECTION, _REGURGITANT)
         ]
         tr = _pick(jets, _PEAK_VELOCITY_CODES)
     if tr is not None:
@@ -274,7 +277,7 @@ def read_measurements(items: list[NumItem]) -> dict[str, float]:
     if (pasp := _pick(items, _PASP_CODES)) is not None:
         out[PASP] = _convert(pasp, _PRESSURE, "RV systolic pressure")
     e_a = _pick(items, _E_A_CODES) or _pick(
-        [n for n in items if n.site == _MITRAL], _E_A_MITRAL_CODES
+        [n for n in items if n.at(_MITRAL)], _E_A_MITRAL_CODES
     )
     if e_a is not None:
         out[E_A] = _convert(e_a, _RATIO, "E/A ratio")
