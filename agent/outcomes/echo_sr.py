@@ -186,20 +186,28 @@ def _number(item: Dataset) -> tuple[float, str] | None:
     return value, unit.value
 
 
-def _walk(
-    items: Any, site: Code | None, inherited: tuple[tuple[Code, Code], ...]
-) -> Iterator[NumItem]:
-    items = list(items or [])
-    # The modifiers of a container apply to what it contains (TID 5202 row 2).
-    mods = list(inherited)
-    for item in items:
+def _modifiers(items: Any) -> Iterator[tuple[Code, Code]]:
+    """(concept, value) of the HAS CONCEPT MOD CODE items among ``items``."""
+    for item in items or []:
         if item.get("RelationshipType") == "HAS CONCEPT MOD" and item.get("ValueType") == "CODE":
             name, value = _code(item, "ConceptNameCodeSequence"), _code(item, "ConceptCodeSequence")
             if name is not None and value is not None:
-                if name == _FINDING_SITE:
-                    site = value
-                else:
-                    mods.append((name, value))
+                yield name, value
+
+
+def _walk(
+    items: Any, site: Code | None, inherited: tuple[tuple[Code, Code], ...]
+) -> Iterator[NumItem]:
+    """Every NUM item below ``items``, with the Finding Site and modifiers it inherits."""
+    items = list(items or [])
+    # A container's modifiers apply to everything it contains (TID 5202 row 2); a
+    # NUM item's own modifiers (TID 5203) add to them, its own Finding Site wins.
+    mods = list(inherited)
+    for name, value in _modifiers(items):
+        if name == _FINDING_SITE:
+            site = value
+        else:
+            mods.append((name, value))
     for item in items:
         value_type = item.get("ValueType")
         if value_type == "CONTAINER":
@@ -209,28 +217,18 @@ def _walk(
             number = _number(item)
             if concept is None or number is None:
                 continue
-            own = [m for m in _walk_modifiers(item.get("ContentSequence"))]
-            own_site = next((v for n, v in own if n == _FINDING_SITE), site)
-            selected = any(n == _SELECTION_STATUS for n, _ in _walk_properties(item))
+            own = list(_modifiers(item.get("ContentSequence")))
             yield NumItem(
                 concept,
                 number[0],
                 number[1],
-                own_site,
+                next((v for n, v in own if n == _FINDING_SITE), site),
                 (*mods, *((n, v) for n, v in own if n != _FINDING_SITE)),
-                selected,
+                any(n == _SELECTION_STATUS for n, _ in _properties(item)),
             )
 
 
-def _walk_modifiers(items: Any) -> Iterator[tuple[Code, Code]]:
-    for item in items or []:
-        if item.get("RelationshipType") == "HAS CONCEPT MOD" and item.get("ValueType") == "CODE":
-            name, value = _code(item, "ConceptNameCodeSequence"), _code(item, "ConceptCodeSequence")
-            if name is not None and value is not None:
-                yield name, value
-
-
-def _walk_properties(item: Dataset) -> Iterator[tuple[Code, Code | None]]:
+def _properties(item: Dataset) -> Iterator[tuple[Code, Code | None]]:
     for child in item.get("ContentSequence") or []:
         if child.get("RelationshipType") == "HAS PROPERTIES":
             name = _code(child, "ConceptNameCodeSequence")
@@ -276,9 +274,7 @@ def read_measurements(items: list[NumItem]) -> dict[str, float]:
         out[TR_VELOCITY] = _convert(tr, _VELOCITY_M_S, "TR peak velocity")
     if (pasp := _pick(items, _PASP_CODES)) is not None:
         out[PASP] = _convert(pasp, _PRESSURE, "RV systolic pressure")
-    e_a = _pick(items, _E_A_CODES) or _pick(
-        [n for n in items if n.at(_MITRAL)], _E_A_MITRAL_CODES
-    )
+    e_a = _pick(items, _E_A_CODES) or _pick([n for n in items if n.at(_MITRAL)], _E_A_MITRAL_CODES)
     if e_a is not None:
         out[E_A] = _convert(e_a, _RATIO, "E/A ratio")
     for name, value in out.items():

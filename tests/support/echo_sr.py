@@ -111,9 +111,7 @@ def standard_sections(
             num(codes.LN.LeftVentricleInternalEndDiastolicDimension, lvidd_mm, "mm"),
             num(codes.LN.LeftVentricularEjectionFractionByUS, lvef, "%"),
         ),
-        section(
-            codes.SCT.LeftAtrium, num(codes.SCT.LeftAtriumSystolicVolume, la_volume_ml, "ml")
-        ),
+        section(codes.SCT.LeftAtrium, num(codes.SCT.LeftAtriumSystolicVolume, la_volume_ml, "ml")),
         section(
             codes.SCT.RightVentricle,
             num(codes.SCT.RightVentricularPeakSystolicPressure, rvsp_mmhg, "mm[Hg]"),
