@@ -79,6 +79,11 @@ class NodeHandlers:
         self.store = store
         # Echo SRs (TID 5200) go to the outcome intake instead of the instance store.
         self.echo_reports = echo_reports
+        self._echo_sop_classes: tuple[str, ...] = ()
+        if echo_reports is not None:
+            from agent.outcomes.echo_sr import ECHO_SR_SOP_CLASSES
+
+            self._echo_sop_classes = ECHO_SR_SOP_CLASSES
         self.sessions = sessions
         self.on_conflict = on_conflict
         self.limits = limits
@@ -91,11 +96,7 @@ class NodeHandlers:
 
     def extra_sop_classes(self) -> tuple[str, ...]:
         """Storage SOP classes accepted besides [node]'s: the echo SRs, with an intake."""
-        if self.echo_reports is None:
-            return ()
-        from agent.outcomes.echo_sr import ECHO_SR_SOP_CLASSES
-
-        return ECHO_SR_SOP_CLASSES
+        return self._echo_sop_classes
 
     def bindings(self) -> list[tuple[evt.InterventionEvent | evt.NotificationEvent, object]]:
         return [
@@ -238,7 +239,7 @@ class NodeHandlers:
             log.error("instance not written", error=exc.strerror or type(exc).__name__)
             return status.OUT_OF_RESOURCES
         try:
-            if str(request.AffectedSOPClassUID) in self.extra_sop_classes():
+            if str(request.AffectedSOPClassUID) in self._echo_sop_classes:
                 return self._receive_echo_report(staged, prefix + dataset, request, calling_ae)
             return self._record(staged, request, dataset, transfer_syntax, calling_ae)
         finally:

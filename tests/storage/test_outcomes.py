@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from pathlib import Path
+
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from storage.models import EchoOutcome, JobState
@@ -123,3 +125,19 @@ def test_closest_outcome_per_ct(session: Session) -> None:
     assert far.job_id == near.job_id == job
     best = closest_outcomes(session)
     assert list(best) == [job] and best[job].id == near.outcome_id
+
+
+def test_the_documented_query_gives_each_ct_its_closest_outcome(session: Session) -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "admin-database.md").read_text()
+    part = doc.split("### Echo outcomes and their labels", 1)[1]
+    query = part.split("```sql", 1)[1].split("```", 1)[0]
+    job = screened_ct(session, "20260101", P1)
+    record_outcome(session, outcome("k1", "20260301"), 180)
+    near = record_outcome(session, outcome("k2", "20251230"), 180)
+    record_outcome(session, outcome("k3", "20260103"), 180)  # as close, but later in the table
+    session.flush()
+    rows = session.execute(text(query)).all()
+    assert [(r.job_id, r.exam_date, r.task_name) for r in rows] == [
+        (job, "20251230", "reduced_lv_systolic_function")
+    ]
+    assert near.job_id == job
