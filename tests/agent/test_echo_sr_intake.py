@@ -27,10 +27,11 @@ from agent.node.handlers import NodeHandlers, receive_limits
 from agent.node.server import start_node
 from agent.outcomes.intake import EchoReportIntake
 from agent.pseudonym import Pseudonymizer
-from storage.db import make_session_factory
+from storage.db import make_engine, make_session_factory
 from storage.files import InstanceStore
 from storage.models import AuditEvent, EchoOutcome, Instance, Series, Study
-from tests.agent.conftest import NODE_AET, NodeUnderTest, start_test_node
+from tests.agent.conftest import DCMTK_ENV, NODE_AET, NodeUnderTest, dcmtk, start_test_node
+from tests.agent.pipeline_env import Serve, agent_config, wait_for
 from tests.support.echo_sr import EchoStudy, echo_report, num, section, standard_sections
 from tests.support.outcome_cts import screened_ct
 
@@ -204,3 +205,39 @@ def test_without_the_intake_echo_srs_are_not_accepted(tmp_path: Path, engine: En
     assert "no presentation context" in (sent.stdout + sent.stderr).lower()
     with Session(engine) as session:
         assert session.scalar(select(func.count()).select_from(EchoOutcome)) == 0
+
+
+@pytest.mark.slow
+def test_serve_node_takes_echo_reports(tmp_path: Path) -> None:
+    """``serve --role node`` as deployed: the intake wired from [outcomes] and [patients]."""
+    unloadable = tmp_path / "not-a-checkpoint"  # a node never opens it
+    unloadable.mkdir()
+    key = KEY.decode()
+    config = agent_config(tmp_path, unloadable, extra=f'[patients]\npseudonym_key = "{key}"\n')
+    engine = make_engine(f"sqlite:///{tmp_path / 'agent.db'}")
+    report = echo_report(canary_study(study_date="20260110"))
+    path = valid_file(report, tmp_path / "echo.dcm")
+    node = Serve(config, args=("--role", "node"))
+    try:
+        with Session(engine) as session:  # the node migrated the database at start
+            ct = screened_ct(session, "20260105", Pseudonymizer(KEY).patient(CANARY_ID, "SITE"))
+            session.commit()
+        sent = subprocess.run(
+            [dcmtk("storescu"), "-aec", NODE_AET, "127.0.0.1", str(node.port), str(path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=DCMTK_ENV,
+        )
+        assert sent.returncode == 0, sent.stdout + sent.stderr
+        wait_for(lambda: node.events("echo report received"), 30, "the echo report", node)
+    finally:
+        assert node.stop() == 0
+    with Session(engine) as session:
+        row = session.scalars(select(EchoOutcome)).one()
+        assert (row.job_id, row.match_days) == (ct, 5)
+        assert row.labels["pulmonary_hypertension"] == 1
+    engine.dispose()
+    log = "".join(node.lines)
+    for canary in (CANARY_ID, CANARY_NAME, CANARY_NAME.split("^")[0], CANARY_BIRTH):
+        assert canary not in log
