@@ -53,10 +53,10 @@ def register(sub: Any) -> None:
 def _read_text(path: Path, encoding: str) -> str:
     try:
         return path.read_text(encoding=encoding)
-    except LookupError:
-        raise AgentError(f"unknown encoding {encoding!r}") from None
     except UnicodeDecodeError:
         raise AgentError(f"{path}: not {encoding} text (try --encoding cp1252)") from None
+    except (LookupError, ValueError):  # ValueError: a name no codec can have ("a\x00")
+        raise AgentError(f"unknown encoding {encoding[:40]!r}") from None
     except OSError as exc:
         raise AgentError(f"cannot read {path}: {exc.strerror or exc}") from None
 
