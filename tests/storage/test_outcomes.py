@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sqlalchemy import select, text
+from sqlalchemy import Engine, select, text
 from sqlalchemy.orm import Session
 
 from storage.models import EchoOutcome, JobState
@@ -141,3 +141,19 @@ def test_the_documented_query_gives_each_ct_its_closest_outcome(session: Session
         (job, "20251230", "reduced_lv_systolic_function")
     ]
     assert near.job_id == job
+
+
+def test_the_node_pipeline_matches_waiting_outcomes(engine: Engine, tmp_path: Path) -> None:
+    from agent.config import Settings
+    from agent.pipeline.scheduler import NODE_STAGES, Pipeline
+    from storage.db import make_session_factory
+    from storage.files import InstanceStore
+
+    sessions = make_session_factory(engine)
+    with sessions.begin() as session:
+        record_outcome(session, outcome("k", "20260110"), 180)
+        job = screened_ct(session, "20260301", P1)  # screened after the echo came in
+    pipeline = Pipeline(Settings(), sessions, InstanceStore(tmp_path), stages=NODE_STAGES)
+    assert pipeline.match_outcomes() == 1
+    with sessions() as session:
+        assert session.scalar(select(EchoOutcome.job_id)) == job
