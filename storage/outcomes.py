@@ -6,8 +6,8 @@ A screened CT is a job in state ``done`` with results. When the outcome names an
 accession (a pseudonym of it), a screened CT of that accession within the window is
 taken first; otherwise, or if none is, the patient's closest one. Ties go to the CT
 before the echo, then to the lower job id. An outcome with no such CT stays unmatched
-(``job_id`` NULL) until :func:`match_pending` finds one: the scheduler calls it after
-screening, so a CT screened after its echo arrived still gets its outcome.
+(``job_id`` NULL) until :func:`match_pending` finds one: nodes call it every minute
+(agent.pipeline.scheduler), so a CT screened after its echo arrived still gets it.
 
 Several outcomes may match one CT; :func:`closest_outcomes` gives each CT the one
 closest in time, which is the one whose labels count for that CT.
