@@ -32,6 +32,7 @@ from pathlib import Path, PurePosixPath
 
 _TMP = ".tmp"
 _INSTANCES = "instances"
+_OUTCOMES = "outcomes"  # received echo reports (agent.outcomes), never instances
 #: A temp file another host is writing is swept only after this long (its writer
 #: cannot be asked whether it lives); an instance is written in far less.
 FOREIGN_TMP_SECONDS = 3600.0
@@ -168,6 +169,12 @@ def derived_rel_path(study_uid: str, series_uid: str, sop_uid: str, sha256: str)
         f"{_INSTANCES}/{_digest(study_uid, 16)}/{_digest(series_uid, 16)}/"
         f"{_digest(sop_uid, 32)}-{sha256[:16]}.dcm"
     )
+
+
+def outcome_rel_path(sop_uid: str, sha256: str) -> str:
+    """Storage path of a received echo report, relative to the root: apart from the
+    instances, so that nothing reading ``instances/`` ever takes it for a CT."""
+    return f"{_OUTCOMES}/{_digest(sop_uid, 32)}-{sha256[:16]}.dcm"
 
 
 @dataclass(frozen=True)

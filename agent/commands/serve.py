@@ -208,6 +208,7 @@ def _start_node(runtime: Any, store: Any) -> Any:
         receive_limits(settings.node),
         # The server-side timeouts answer first; this bounds a server that answers nothing.
         commit_timeout=settings.database.receive_timeout_seconds + _FROZEN_DATABASE_MARGIN,
+        echo_reports=_echo_report_intake(settings, store),
     )
     check_destinations(settings.destinations)
     try:
@@ -216,6 +217,17 @@ def _start_node(runtime: Any, store: Any) -> Any:
         raise AgentError(
             f"cannot listen on {settings.node.host}:{settings.node.port}: {exc.strerror or exc}"
         ) from None
+
+
+def _echo_report_intake(settings: Any, store: Any) -> Any:
+    """The intake of echo SRs when ``[outcomes] accept_echo_sr`` (else None: not accepted)."""
+    if not settings.outcomes.accept_echo_sr:
+        return None
+    from agent.outcomes.intake import EchoReportIntake
+    from agent.pseudonym import load_pseudonymizer
+
+    pseudonyms = load_pseudonymizer(settings.patients.pseudonym_key, settings.storage.root)
+    return EchoReportIntake(store, pseudonyms, settings.outcomes.match_days)
 
 
 def _unrecorded_stops(storage_root: Path) -> Path:

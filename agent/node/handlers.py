@@ -15,7 +15,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from datetime import UTC, datetime
-from typing import Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
@@ -40,6 +40,9 @@ from storage.audit import audit
 from storage.errors import InvalidRecord, StorageError
 from storage.files import InstanceStore, OutOfSpace, StagedFile, derived_rel_path
 from storage.ingest import IngestOutcome, InstanceRecord, record_instance
+
+if TYPE_CHECKING:
+    from agent.outcomes.intake import EchoReportIntake
 
 log = get_logger("agent.node")
 
@@ -71,8 +74,16 @@ class NodeHandlers:
         on_conflict: Literal["keep_first", "replace"] = "keep_first",
         limits: ReceiveLimits = DEFAULT_LIMITS,
         commit_timeout: float | None = None,
+        echo_reports: EchoReportIntake | None = None,
     ) -> None:
         self.store = store
+        # Echo SRs (TID 5200) go to the outcome intake instead of the instance store.
+        self.echo_reports = echo_reports
+        self._echo_sop_classes: tuple[str, ...] = ()
+        if echo_reports is not None:
+            from agent.outcomes.echo_sr import ECHO_SR_SOP_CLASSES
+
+            self._echo_sop_classes = ECHO_SR_SOP_CLASSES
         self.sessions = sessions
         self.on_conflict = on_conflict
         self.limits = limits
@@ -82,6 +93,10 @@ class NodeHandlers:
         self.commit_timeout = commit_timeout
         # More workers than the default association limit: a live database never queues.
         self._recorders = ThreadPoolExecutor(max_workers=16, thread_name_prefix="record")
+
+    def extra_sop_classes(self) -> tuple[str, ...]:
+        """Storage SOP classes accepted besides [node]'s: the echo SRs, with an intake."""
+        return self._echo_sop_classes
 
     def bindings(self) -> list[tuple[evt.InterventionEvent | evt.NotificationEvent, object]]:
         return [
@@ -224,6 +239,8 @@ class NodeHandlers:
             log.error("instance not written", error=exc.strerror or type(exc).__name__)
             return status.OUT_OF_RESOURCES
         try:
+            if str(request.AffectedSOPClassUID) in self._echo_sop_classes:
+                return self._receive_echo_report(staged, prefix + dataset, request, calling_ae)
             return self._record(staged, request, dataset, transfer_syntax, calling_ae)
         finally:
             # Whatever the outcome, the temp file goes now: published, it is already
@@ -301,6 +318,50 @@ class NodeHandlers:
                 sop_instance_uid=record.sop_instance_uid,
             )
             return status.PROCESSING_FAILURE
+
+    def _receive_echo_report(
+        self, staged: StagedFile, part10: bytes, request: Any, calling_ae: str
+    ) -> int | Dataset:
+        """An SR of an echo SOP class: an outcome if it is TID 5200, else ignored."""
+        from agent.outcomes.echo_sr import MalformedEchoReport, NotEchoReport
+
+        assert self.echo_reports is not None
+        sop_class = str(request.AffectedSOPClassUID)
+        try:
+            received = self.echo_reports.read(part10)
+        except NotEchoReport:
+            log.info("structured report ignored: not an echo report", sop_class=sop_class)
+            return status.SUCCESS
+        except MalformedEchoReport as exc:
+            log.warning("echo report refused", reason=str(exc), calling_ae=calling_ae)
+            return _refusal(status.CANNOT_UNDERSTAND, f"echo report: {exc}")
+        if received.sop_instance_uid != request.AffectedSOPInstanceUID:
+            log.warning("echo report refused", reason="SOP Instance UID differs from the command's")
+            return status.INVALID_IDENTIFIER
+        commit = self.echo_reports.commit
+        try:
+            if self.commit_timeout is None:
+                result = commit(self.sessions, staged, received, calling_ae)
+            else:
+                result = self._recorders.submit(
+                    commit, self.sessions, staged, received, calling_ae
+                ).result(timeout=self.commit_timeout)
+        except FutureTimeout:
+            log.error("echo report not recorded in time", seconds=self.commit_timeout)
+            return status.PROCESSING_FAILURE
+        except OSError as exc:
+            log.error("echo report not written", error=exc.strerror or type(exc).__name__)
+            return status.OUT_OF_RESOURCES
+        except (SQLAlchemyError, StorageError) as exc:
+            log.error("echo report not recorded", error=type(exc).__name__)
+            return status.PROCESSING_FAILURE
+        log.info(
+            "echo report received",
+            outcome=str(result.write),
+            matched=result.job_id is not None,
+            calling_ae=calling_ae,
+        )
+        return status.SUCCESS
 
     def _recorded_late(self, recording: Future[int], record: InstanceRecord) -> None:
         """A recording the sender was told had failed has ended: say so if it was kept."""

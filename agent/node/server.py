@@ -72,7 +72,9 @@ def decodable_transfer_syntaxes() -> list[UID]:
     return [ts for ts in (*_UNCOMPRESSED, *_COMPRESSED) if can_decode(ts)]
 
 
-def build_ae(settings: NodeSettings) -> AE:
+def build_ae(settings: NodeSettings, extra_sop_classes: tuple[str, ...] = ()) -> AE:
+    """The AE: Verification, [node]'s storage classes, and ``extra_sop_classes``
+    (the echo SRs the outcome intake takes, in any uncompressed or deflated syntax)."""
     quiet_pynetdicom()
     install_transport_tuning()
     install_association_guards()
@@ -92,6 +94,9 @@ def build_ae(settings: NodeSettings) -> AE:
     ae.add_supported_context(Verification)
     for sop_class in settings.accepted_sop_classes:
         ae.add_supported_context(sop_class, syntaxes)
+    for sop_class in extra_sop_classes:
+        if sop_class not in settings.accepted_sop_classes:
+            ae.add_supported_context(sop_class, [*_UNCOMPRESSED, DeflatedExplicitVRLittleEndian])
     return ae
 
 
@@ -281,7 +286,7 @@ def start_node(settings: NodeSettings, handlers: NodeHandlers) -> RunningNode:
     a :class:`~agent.errors.ConfigError`, raised before anything listens.
     """
     context = server_context(settings.tls) if settings.tls.enabled else None
-    ae = build_ae(settings)
+    ae = build_ae(settings, handlers.extra_sop_classes())
     server = _serve(ae, settings, (settings.host, settings.port), handlers)
     tls_server = None
     if context is not None:

@@ -39,6 +39,7 @@ from agent.pipeline.screen import ReportWriter, Screener
 from agent.pipeline.sweep import Sweeper
 from agent.pipeline.workers import WorkerStatus, timed
 from storage.files import InstanceStore
+from storage.outcomes import match_pending
 from storage.queue import release_jobs, release_reports, renew_jobs
 
 log = get_logger("agent.pipeline")
@@ -46,6 +47,8 @@ log = get_logger("agent.pipeline")
 NODE_STAGES = ("sweep", "deliver")
 SCREEN_STAGES = ("screen",)
 ALL_STAGES = ("sweep", "screen", "deliver")
+#: Seconds between matches of waiting echo outcomes to CTs screened since (on nodes).
+OUTCOME_MATCH_SECONDS = 60.0
 
 
 def worker_id() -> str:
@@ -146,6 +149,14 @@ class Pipeline:
                 id=name,
                 next_run_time=now,
             )
+        if "sweep" in self.stages:
+            self._scheduler.add_job(
+                self._guarded("outcomes", self.match_outcomes, None),
+                "interval",
+                seconds=OUTCOME_MATCH_SECONDS,
+                id="outcomes",
+                next_run_time=now,
+            )
         self._scheduler.start()
         if self.screener is not None or "deliver" in self.stages:
             self._heartbeat.start()
@@ -160,6 +171,14 @@ class Pipeline:
         job = self._scheduler.get_job(stage)
         if job is not None:
             job.modify(next_run_time=datetime.now(UTC))
+
+    def match_outcomes(self) -> int:
+        """Echo outcomes still without a CT, matched to one screened since they came in."""
+        with self.sessions.begin() as session:
+            matched = match_pending(session, self.settings.outcomes.match_days)
+        if matched:
+            log.info("echo outcomes matched", count=matched)
+        return matched
 
     def _screen_all(self) -> int:
         assert self.screener is not None
