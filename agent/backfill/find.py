@@ -6,7 +6,10 @@ Refused: Out of Resources, PS3.4 C.4.1.1.4; QIDO-RS ``Warning: 299`` or
 ``413``, PS3.18 8.3.4.4), others stop silently at the limit. A day whose
 query hits either is queried again in two halves by Study Time range
 matching (PS3.4 C.2.2.2.5), and so on down to one second, so the limit never
-hides a study. :class:`~agent.backfill.query.StudyRootFind` (C-FIND) and
+hides a study. Modalities in Study is asked, never matched: Orthanc, for one,
+applies its limit before that filter and then answers "success" with fewer
+matches than exist; the planner filters on the returned value instead.
+:class:`~agent.backfill.query.StudyRootFind` (C-FIND) and
 :class:`~agent.backfill.qido.QidoFind` (QIDO-RS) answer the same questions.
 """
 
@@ -16,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from pydicom.datadict import keyword_for_tag
 from pydicom.dataset import Dataset
 
 from agent.errors import AgentError
@@ -45,6 +49,16 @@ _DAY_SECONDS = 86400
 # A day split into more queries than this is an archive answering every slice with
 # "too many": stop splitting (what came back is kept, the slices are counted).
 MAX_QUERIES_PER_DAY = 2048
+
+
+def keep_only(ds: Dataset, keys: Sequence[str]) -> Dataset:
+    """``ds`` without what was not asked: QIDO-RS returns patient attributes unasked
+    (PS3.18 10.6.3.3.1) and a C-FIND SCP may too; they never go further than here."""
+    wanted = {*keys, "SpecificCharacterSet", "StudyInstanceUID"}
+    for tag in list(ds.keys()):  # tags only: reading an element would decode its value
+        if keyword_for_tag(tag) not in wanted:
+            del ds[tag]
+    return ds
 
 
 class ArchiveError(AgentError):
@@ -86,9 +100,7 @@ class FindResult:
 class Finder(Protocol):
     """Queries an archive at study and series level (C-FIND or QIDO-RS)."""
 
-    def studies(
-        self, day: str, times: TimeRange | None, modalities: Sequence[str]
-    ) -> FindResult: ...
+    def studies(self, day: str, times: TimeRange | None) -> FindResult: ...
 
     def series(self, study_instance_uid: str) -> FindResult: ...
 
@@ -125,7 +137,7 @@ class DayScan:
     malformed: int = 0
 
 
-def scan_day(finder: Finder, day: str, modalities: Sequence[str], limit: ResultLimit) -> DayScan:
+def scan_day(finder: Finder, day: str, limit: ResultLimit) -> DayScan:
     """Every study of ``day`` (YYYYMMDD) the archive has, splitting by Study Time as needed.
 
     The first query leaves Study Time out (universal matching), so a study
@@ -137,7 +149,7 @@ def scan_day(finder: Finder, day: str, modalities: Sequence[str], limit: ResultL
     pending: list[TimeRange | None] = [None]
     while pending:
         times = pending.pop()
-        result = finder.studies(day, times, modalities)
+        result = finder.studies(day, times)
         scan.queries += 1
         if limit.reached(result):
             parts = (TimeRange() if times is None else times).halves()

@@ -109,7 +109,7 @@ def plan_campaign(
     try:
         for day in days(first, last):
             key = f"{day:%Y%m%d}"
-            scan = scan_day(finder, key, filters.modalities, limit)
+            scan = scan_day(finder, key, limit)
             outcome.bump("days")
             outcome.bump("queries", scan.queries)
             outcome.bump("days_split", int(scan.split))

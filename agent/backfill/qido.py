@@ -20,7 +20,14 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
-from agent.backfill.find import SERIES_KEYS, STUDY_KEYS, ArchiveError, FindResult, TimeRange
+from agent.backfill.find import (
+    SERIES_KEYS,
+    STUDY_KEYS,
+    ArchiveError,
+    FindResult,
+    TimeRange,
+    keep_only,
+)
 from agent.config_backfill import Archive
 from agent.node.tls import client_context
 
@@ -40,20 +47,17 @@ class QidoFind:
         if archive.tls is not None and self.base.startswith("https:"):
             self._context = client_context(archive.tls, f"[[archives]] {archive.name!r}.tls")
 
-    def studies(self, day: str, times: TimeRange | None, modalities: Sequence[str]) -> FindResult:
+    def studies(self, day: str, times: TimeRange | None) -> FindResult:
         params: list[tuple[str, str]] = [("StudyDate", day)]
         if times is not None:
             params.append(("StudyTime", times.dicom()))
-        if len(modalities) == 1:
-            # Several modalities have no standard QIDO-RS form: the planner filters those.
-            params.append(("ModalitiesInStudy", modalities[0]))
         params += [("includefield", key) for key in STUDY_KEYS]
-        return self._search("/studies", params)
+        return self._search("/studies", params, STUDY_KEYS)
 
     def series(self, study_instance_uid: str) -> FindResult:
         uid = urllib.parse.quote(study_instance_uid, safe="")
         params = [("includefield", key) for key in SERIES_KEYS]
-        return self._search(f"/studies/{uid}/series", params)
+        return self._search(f"/studies/{uid}/series", params, SERIES_KEYS)
 
     def close(self) -> None:
         pass
@@ -61,7 +65,7 @@ class QidoFind:
     def _where(self) -> str:
         return f"archive {self.archive.name!r} ({self.base})"
 
-    def _search(self, path: str, params: list[tuple[str, str]]) -> FindResult:
+    def _search(self, path: str, params: list[tuple[str, str]], keys: Sequence[str]) -> FindResult:
         url = f"{self.base}{path}?{urllib.parse.urlencode(params)}"
         request = urllib.request.Request(url, headers={"Accept": _MEDIA_TYPE})
         try:
@@ -94,7 +98,7 @@ class QidoFind:
             raise ArchiveError(f"{self._where()}: QIDO-RS answer is not a JSON array")
         for item in items:
             try:
-                result.answers.append(Dataset.from_json(item))
+                result.answers.append(keep_only(Dataset.from_json(item), keys))
             except Exception:  # any shape pydicom cannot read is one malformed answer
                 result.malformed += 1
         return result

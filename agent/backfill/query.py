@@ -18,7 +18,14 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # generated at
     StudyRootQueryRetrieveInformationModelFind,
 )
 
-from agent.backfill.find import SERIES_KEYS, STUDY_KEYS, ArchiveError, FindResult, TimeRange
+from agent.backfill.find import (
+    SERIES_KEYS,
+    STUDY_KEYS,
+    ArchiveError,
+    FindResult,
+    TimeRange,
+    keep_only,
+)
 from agent.config import NodeSettings
 from agent.config_backfill import Archive
 from agent.node.tls import client_context
@@ -41,19 +48,17 @@ class StudyRootFind:
 
     # -- the Finder protocol ----------------------------------------------------------
 
-    def studies(self, day: str, times: TimeRange | None, modalities: Sequence[str]) -> FindResult:
+    def studies(self, day: str, times: TimeRange | None) -> FindResult:
         ds = _identifier("STUDY", STUDY_KEYS)
         ds.StudyDate = day
         if times is not None:
             ds.StudyTime = times.dicom()
-        if modalities:
-            ds.ModalitiesInStudy = list(modalities) if len(modalities) > 1 else modalities[0]
-        return self._find(ds)
+        return self._find(ds, STUDY_KEYS)
 
     def series(self, study_instance_uid: str) -> FindResult:
         ds = _identifier("SERIES", SERIES_KEYS)
         ds.StudyInstanceUID = study_instance_uid
-        return self._find(ds)
+        return self._find(ds, SERIES_KEYS)
 
     def close(self) -> None:
         if self._assoc is not None and self._assoc.is_established:
@@ -85,10 +90,10 @@ class StudyRootFind:
             why = "no association (archive down or unreachable)"
         raise ArchiveError(f"{self._where()}: {why}")
 
-    def _find(self, identifier: Dataset) -> FindResult:
+    def _find(self, identifier: Dataset, keys: Sequence[str]) -> FindResult:
         for attempt in (1, 2):
             assoc = self._association()
-            result = self._responses(assoc, identifier)
+            result = self._responses(assoc, identifier, keys)
             if result is not None:
                 return result
             self._assoc = None
@@ -98,7 +103,9 @@ class StudyRootFind:
                 break
         raise ArchiveError(f"{self._where()}: stopped answering C-FIND (timeout or abort)")
 
-    def _responses(self, assoc: Association, identifier: Dataset) -> FindResult | None:
+    def _responses(
+        self, assoc: Association, identifier: Dataset, keys: Sequence[str]
+    ) -> FindResult | None:
         """The answers, or None when the archive stopped answering mid-query."""
         result = FindResult()
         model = StudyRootQueryRetrieveInformationModelFind
@@ -110,7 +117,7 @@ class StudyRootFind:
                 if answer is None:
                     result.malformed += 1
                 else:
-                    result.answers.append(answer)
+                    result.answers.append(keep_only(answer, keys))
                 continue
             if code == 0x0000:
                 return result
