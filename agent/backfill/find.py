@@ -15,6 +15,7 @@ matches than exist; the planner filters on the returned value instead.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -59,6 +60,22 @@ def keep_only(ds: Dataset, keys: Sequence[str]) -> Dataset:
         if keyword_for_tag(tag) not in wanted:
             del ds[tag]
     return ds
+
+
+def text(ds: Dataset, keyword: str) -> str | None:
+    """An attribute's value as one stripped string; None when absent, empty or unreadable."""
+    try:
+        with warnings.catch_warnings():  # an invalid value warns; it is judged below
+            warnings.simplefilter("ignore")
+            value = ds.get(keyword)
+    except Exception:  # a value pydicom cannot convert: as good as not returned
+        return None
+    if value is None:
+        return None
+    if not isinstance(value, str) and hasattr(value, "__iter__"):
+        value = "\\".join(str(v) for v in value)
+    value = str(value).strip().strip("\x00").strip()
+    return value or None
 
 
 class ArchiveError(AgentError):
@@ -157,7 +174,7 @@ def scan_day(finder: Finder, day: str, limit: ResultLimit) -> DayScan:
                 scan.split = True
                 pending.extend(reversed(parts))
                 # A study without a Study Time matches no range: keep those answered now.
-                _add(scan, seen, [ds for ds in result.answers if not ds.get("StudyTime")])
+                _add(scan, seen, [ds for ds in result.answers if not text(ds, "StudyTime")])
                 continue
             scan.slices_at_limit += 1
         scan.malformed += result.malformed
@@ -167,7 +184,7 @@ def scan_day(finder: Finder, day: str, limit: ResultLimit) -> DayScan:
 
 def _add(scan: DayScan, seen: set[str], answers: list[Dataset]) -> None:
     for ds in answers:
-        uid = str(ds.get("StudyInstanceUID", "") or "")
+        uid = text(ds, "StudyInstanceUID")
         if uid and uid in seen:
             continue
         if uid:

@@ -24,6 +24,7 @@ from datetime import datetime
 
 from pydicom.dataset import Dataset
 
+from agent.backfill.find import text
 from agent.config import EligibilitySettings
 from agent.series.eligibility import Check, assess_eligibility
 from agent.series.facts import SeriesFacts
@@ -44,20 +45,6 @@ _DA = re.compile(r"[0-9]{8}")
 class Verdict:
     eligible: bool
     reason: str
-
-
-def text(ds: Dataset, keyword: str) -> str | None:
-    """An attribute's value as one stripped string; None when absent, empty or unreadable."""
-    try:
-        value = ds.get(keyword)
-    except Exception:  # a value pydicom cannot convert: as good as not returned
-        return None
-    if value is None:
-        return None
-    if not isinstance(value, str) and hasattr(value, "__iter__"):
-        value = "\\".join(str(v) for v in value)
-    value = str(value).strip().strip("\x00").strip()
-    return value or None
 
 
 def values(ds: Dataset, keyword: str) -> list[str]:

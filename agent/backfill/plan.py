@@ -27,8 +27,8 @@ from typing import Any
 from pydicom.dataset import Dataset
 from sqlalchemy.orm import Session, sessionmaker
 
-from agent.backfill.find import ArchiveError, Finder, ResultLimit, scan_day
-from agent.backfill.judge import date_problem, judge, text, uid_problem, values
+from agent.backfill.find import ArchiveError, Finder, ResultLimit, scan_day, text
+from agent.backfill.judge import date_problem, judge, uid_problem, values
 from agent.config import EligibilitySettings
 from agent.logs import get_logger
 from storage.backfill import (

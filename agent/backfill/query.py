@@ -84,10 +84,11 @@ class StudyRootFind:
             return assoc
         if assoc.is_rejected and assoc.acceptor.primitive is not None:
             why = f"association rejected: {assoc.acceptor.primitive.reason_str}"
-        elif assoc.is_aborted:
-            why = "association aborted (does the archive know this AE title?)"
-        else:
-            why = "no association (archive down or unreachable)"
+        else:  # pynetdicom reports a refused connection as an abort too
+            why = (
+                "no association: connection refused or aborted"
+                " (archive down, or it does not accept this AE title)"
+            )
         raise ArchiveError(f"{self._where()}: {why}")
 
     def _find(self, identifier: Dataset, keys: Sequence[str]) -> FindResult:
