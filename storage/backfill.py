@@ -243,6 +243,7 @@ def start_campaign(session: Session, campaign: BackfillCampaign) -> None:
         raise _refuse(campaign, "start")
     campaign.state = CampaignState.RUNNING
     campaign.started_at = utcnow()
+    session.flush()
 
 
 def pause_campaign(session: Session, campaign: BackfillCampaign) -> None:
@@ -252,6 +253,7 @@ def pause_campaign(session: Session, campaign: BackfillCampaign) -> None:
     if campaign.state != CampaignState.RUNNING:
         raise _refuse(campaign, "pause", "; only a running campaign pauses")
     campaign.state = CampaignState.PAUSED
+    session.flush()
 
 
 def resume_campaign(session: Session, campaign: BackfillCampaign) -> None:
@@ -263,6 +265,7 @@ def resume_campaign(session: Session, campaign: BackfillCampaign) -> None:
     if campaign.state != CampaignState.PAUSED:
         raise _refuse(campaign, "resume")
     campaign.state = CampaignState.RUNNING
+    session.flush()
 
 
 def cancel_campaign(session: Session, campaign: BackfillCampaign) -> int:
@@ -277,6 +280,7 @@ def cancel_campaign(session: Session, campaign: BackfillCampaign) -> int:
     )
     campaign.state = CampaignState.CANCELLED
     campaign.finished_at = utcnow()
+    session.flush()
     return int(getattr(result, "rowcount", 0) or 0)
 
 
