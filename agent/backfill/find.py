@@ -176,6 +176,13 @@ def scan_day(finder: Finder, day: str, limit: ResultLimit) -> DayScan:
                 # A study without a Study Time matches no range: keep those answered now.
                 _add(scan, seen, [ds for ds in result.answers if not text(ds, "StudyTime")])
                 continue
+            if not result.complete and not result.answers and not result.malformed:
+                # Nothing at all for one second, yet "too many": a refusal of the query
+                # itself, which no split will answer.
+                raise ArchiveError(
+                    f"the archive refuses the study query for {day} even for one second"
+                    f" ({_hhmmss((times or TimeRange()).start)}): not a result limit"
+                )
             scan.slices_at_limit += 1
         scan.malformed += result.malformed
         _add(scan, seen, result.answers)

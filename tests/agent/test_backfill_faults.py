@@ -344,3 +344,45 @@ def test_an_archive_going_down_mid_plan_keeps_the_days_planned(
     assert c.state == CampaignState.FAILED and c.last_error == outcome.error
     assert c.plan_summary is not None and c.plan_summary["days"] == 1
     assert set(series_rows(sessions, cid)) == {"1.2.9.10.1"}
+
+
+def test_more_matches_in_one_second_than_the_limit_are_kept_and_reported(
+    sqlite_engine: Engine, fake_archive: FakeArchive
+) -> None:
+    def studies(day: str, time: str) -> Iterator[tuple[int, Dataset | None]]:
+        lo, hi = (0, 86399) if not time else _seconds(time)
+        found = [
+            answer(QueryRetrieveLevel="STUDY", StudyDate=day, StudyTime="101500",
+                   StudyInstanceUID=f"1.2.7.{i}", StudyDescription="CT CHEST")
+            for i in range(4)
+            if lo <= 36900 <= hi
+        ]  # fmt: skip
+        for ds in found[:2]:
+            yield PENDING, ds
+        yield (0xFE00 if len(found) > 2 else 0x0000), None
+
+    fake_archive.studies, fake_archive.series = studies, _one_series
+    sessions = make_session_factory(sqlite_engine)
+    cid, outcome = run_plan(sessions, fake_archive.settings(), DAY, DAY)
+    assert outcome.error is None
+    assert outcome.summary["slices_at_limit"] == 1  # 10:15:00 holds more than two
+    assert len(series_rows(sessions, cid)) == 2  # what it did return is planned
+    # Halving one branch down to a second: about two queries per level, not thousands.
+    assert len([q for q in fake_archive.queries if q[0] == "STUDY"]) < 40
+
+
+def test_an_archive_refusing_every_slice_is_not_split_forever(
+    sqlite_engine: Engine, fake_archive: FakeArchive
+) -> None:
+    def studies(day: str, time: str) -> Iterator[tuple[int, Dataset | None]]:
+        yield 0xA700, None
+
+    fake_archive.studies = studies
+    sessions = make_session_factory(sqlite_engine)
+    cid, outcome = run_plan(sessions, fake_archive.settings(), DAY, date(2024, 12, 31))
+    assert outcome.error == (
+        "the archive refuses the study query for 20240304 even for one second (000000):"
+        " not a result limit"
+    )
+    assert len(fake_archive.queries) == 18  # the day, then 17 halvings down to one second
+    assert campaign(sessions, cid).state == CampaignState.FAILED
