@@ -9,9 +9,12 @@ never produces.
 from __future__ import annotations
 
 import socket
+import ssl
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date
+from pathlib import Path
 
 import pytest
 from pydicom.datadict import dictionary_VR, tag_for_keyword
@@ -29,9 +32,11 @@ from agent.backfill.plan import PlanFilters, PlanOutcome, plan_campaign
 from agent.backfill.query import StudyRootFind
 from agent.config import EligibilitySettings, NodeSettings
 from agent.config_backfill import Archive
+from agent.config_base import DestinationTLS
 from storage.backfill import create_campaign
 from storage.db import make_session_factory
 from storage.models import BackfillCampaign, BackfillSeries, BackfillState, CampaignState
+from tests.agent.security_support import make_pki
 
 # The fake archive's own encoder warns of the invalid values it is made to send.
 pytestmark = [
@@ -71,6 +76,12 @@ class FakeArchive:
 
 @pytest.fixture
 def fake_archive() -> Iterator[FakeArchive]:
+    with serve_fake() as fake:
+        yield fake
+
+
+@contextmanager
+def serve_fake(ssl_context: ssl.SSLContext | None = None) -> Iterator[FakeArchive]:
     ae = AE(ae_title="FAKEPACS")
     ae.add_supported_context(StudyRootQueryRetrieveInformationModelFind)
     holder: dict[str, FakeArchive] = {}
@@ -89,7 +100,10 @@ def fake_archive() -> Iterator[FakeArchive]:
             yield from fake.series(uid)
 
     server = ae.start_server(
-        ("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_FIND, on_find)]
+        ("127.0.0.1", 0),
+        block=False,
+        evt_handlers=[(evt.EVT_C_FIND, on_find)],
+        ssl_context=ssl_context,
     )
     holder["archive"] = FakeArchive(server.server_address[1], ae)
     try:
@@ -99,11 +113,15 @@ def fake_archive() -> Iterator[FakeArchive]:
 
 
 def run_plan(
-    sessions: sessionmaker[Session], archive: Archive, first: date, last: date
+    sessions: sessionmaker[Session],
+    archive: Archive,
+    first: date,
+    last: date,
+    name: str = "faults",
 ) -> tuple[int, PlanOutcome]:
     with sessions.begin() as s:
         cid = create_campaign(
-            s, name="faults", archive=archive.name, date_from=f"{first:%Y%m%d}",
+            s, name=name, archive=archive.name, date_from=f"{first:%Y%m%d}",
             date_to=f"{last:%Y%m%d}",
         ).id  # fmt: skip
     outcome = plan_campaign(
@@ -212,6 +230,17 @@ def _studies_by_hour(hours: list[int]) -> Callable[[str, str], list[Dataset]]:
         ]
 
     return matches
+
+
+def _answering(
+    matches: Callable[[str, str], list[Dataset]],
+) -> Callable[[str, str], Iterator[tuple[int, Dataset | None]]]:
+    def studies(day: str, time: str) -> Iterator[tuple[int, Dataset | None]]:
+        for ds in matches(day, time):
+            yield PENDING, ds
+        yield 0x0000, None
+
+    return studies
 
 
 def _seconds(time: str) -> tuple[int, int]:
@@ -386,3 +415,22 @@ def test_an_archive_refusing_every_slice_is_not_split_forever(
     )
     assert len(fake_archive.queries) == 18  # the day, then 17 halvings down to one second
     assert campaign(sessions, cid).state == CampaignState.FAILED
+
+
+def test_cfind_over_tls_with_the_archive_tls_table(sqlite_engine: Engine, tmp_path: Path) -> None:
+    pki = make_pki(tmp_path / "pki")
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(pki.ca))
+    server.load_cert_chain(str(pki.server_cert), str(pki.server_key))
+    server.verify_mode = ssl.CERT_REQUIRED
+    with serve_fake(server) as fake:
+        fake.studies, fake.series = _answering(_studies_by_hour([9])), _one_series
+        tls = DestinationTLS(
+            ca_certificates=pki.ca, certificate=pki.client_cert, private_key=pki.client_key
+        )
+        sessions = make_session_factory(sqlite_engine)
+        cid, outcome = run_plan(sessions, fake.settings().model_copy(update={"tls": tls}), DAY, DAY)
+        assert outcome.error is None
+        assert set(series_rows(sessions, cid)) == {"1.2.9.9.1"}
+        # Without the TLS table the archive's TLS port gives no association: one line.
+        _, plain = run_plan(sessions, fake.settings(), DAY, DAY, name="plain")
+        assert plain.error is not None and "no association" in plain.error
