@@ -10,12 +10,16 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
 from agent.cli import main
+from storage.db import make_engine, make_session_factory
+from storage.models import BackfillSeries, BackfillState
 from tests.support.archive_cases import FIRST_DAY, MIN_SLICES, WrittenSeries, write_cases
 from tests.support.archives import Orthanc, running_orthanc
 
@@ -126,6 +130,21 @@ def test_plan_by_cfind_then_by_qido_then_show_and_list(
     assert run(setup, "backfill", "list", "--config", cfg) == 0
     listed = capsys.readouterr().out
     assert f"0/{setup.planned()} retrieved" in listed and "web" in listed
+
+    # Once retrieves record their times, show gives the rate and the ETA.
+    engine = make_engine(f"sqlite:///{Path(cfg).parent / 'agent.db'}")
+    with make_session_factory(engine).begin() as s:
+        rows = s.scalars(
+            select(BackfillSeries).where(BackfillSeries.state == BackfillState.PLANNED).limit(3)
+        ).all()
+        start = datetime.now(UTC) - timedelta(hours=1)
+        for i, row in enumerate(rows):  # one every 30 minutes
+            row.state, row.retrieved_at = BackfillState.RETRIEVED, start + timedelta(minutes=30 * i)
+    engine.dispose()
+    assert run(setup, "backfill", "show", first["name"], "--config", cfg) == 0
+    shown = capsys.readouterr().out
+    assert f"retrieval: 3 done, 0 failed, {setup.planned() - 3} remaining" in shown
+    assert "rate: 2.0 series/hour, ETA 20" in shown
 
 
 def test_transitions_and_refusals(setup: Setup, capsys: pytest.CaptureFixture[str]) -> None:
