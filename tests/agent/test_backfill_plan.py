@@ -234,13 +234,18 @@ def test_filters_narrow_the_plan(sqlite_engine: Engine, archived: Archived) -> N
     assert (outcome.studies, outcome.summary["studies_filtered"]) == (2, 10)
 
 
+@pytest.mark.parametrize("kind", ["qido", "cfind"])
 def test_no_patient_data_reaches_the_database_or_the_log(
-    sqlite_engine: Engine, archived: Archived, caplog: pytest.LogCaptureFixture
+    sqlite_engine: Engine,
+    archived: Archived,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+    kind: str,
 ) -> None:
     # QIDO-RS returns Patient's Name, ID and Birth Date unasked: none may go further.
     caplog.set_level(logging.DEBUG)
     sessions = make_session_factory(sqlite_engine)
-    plan(sessions, archived.finder("qido"), find_limit=LIMIT)
+    plan(sessions, archived.finder(kind), find_limit=LIMIT)
     with sqlite_engine.connect() as conn:
         dumped = "\n".join(
             str(tuple(row))
@@ -248,6 +253,9 @@ def test_no_patient_data_reaches_the_database_or_the_log(
             for row in conn.execute(text(f"SELECT * FROM {table}"))
         )
     assert "CHEST WO" in dumped  # the dump holds the plan
+    printed = capsys.readouterr()
+    assert "backfill planned" in printed.out + printed.err  # the log was written
     for canary in (CANARY_NAME, CANARY_ID, CANARY_BIRTH, "CANARYNAME"):
         assert canary not in dumped
         assert canary not in caplog.text
+        assert canary not in printed.out + printed.err
