@@ -18,6 +18,7 @@ import urllib.request
 from collections.abc import Sequence
 from typing import Any
 
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 
 from agent.backfill.find import (
@@ -96,9 +97,18 @@ class QidoFind:
             ) from None
         if not isinstance(items, list):
             raise ArchiveError(f"{self._where()}: QIDO-RS answer is not a JSON array")
+        wanted = _json_tags(keys)
         for item in items:
             try:
-                result.answers.append(keep_only(Dataset.from_json(item), keys))
+                # Only the asked attributes are parsed: patient ones are never even read.
+                asked = {k: v for k, v in item.items() if str(k).upper() in wanted}
+                result.answers.append(keep_only(Dataset.from_json(asked), keys))
             except Exception:  # any shape pydicom cannot read is one malformed answer
                 result.malformed += 1
         return result
+
+
+def _json_tags(keys: Sequence[str]) -> set[str]:
+    """The DICOM JSON names (``"0020000D"``) of ``keys`` and the ones always kept."""
+    names = {*keys, "SpecificCharacterSet", "StudyInstanceUID"}
+    return {f"{tag:08X}" for k in names if (tag := tag_for_keyword(k)) is not None}
