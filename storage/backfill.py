@@ -153,6 +153,8 @@ def held_elsewhere(
                 BackfillSeries.series_instance_uid.in_(chunk),
                 BackfillSeries.campaign_id != campaign_id,
                 BackfillSeries.state.in_(HELD),
+                # A campaign whose planning failed never starts: it holds nothing.
+                BackfillCampaign.state != CampaignState.FAILED,
             )
         )
         for uid, name, state in held:

@@ -162,6 +162,10 @@ def test_held_elsewhere_names_the_agent_or_the_campaign(session: Session) -> Non
     }
     # Its own series are not "elsewhere".
     assert held_elsewhere(session, other.id, ["1.9.1"]) == {}
+    # A campaign whose planning failed (it cannot start) holds nothing.
+    other.state = CampaignState.FAILED
+    session.flush()
+    assert held_elsewhere(session, mine.id, ["1.9.1", "1.9.2"]) == {}
 
 
 def test_add_series_keeps_what_the_campaign_has(session: Session) -> None:
