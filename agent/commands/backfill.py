@@ -58,20 +58,31 @@ def register(sub: Any) -> None:
         "plan", help="query an archive over a date range and plan the eligible series"
     )
     plan.add_argument("archive", type=args_.name, help="an [[archives]] name")
-    plan.add_argument("--from", dest="first", type=day, required=True, help="first study date")
-    plan.add_argument("--to", dest="last", type=day, required=True, help="last study date")
+    plan.add_argument(
+        "--from", dest="first", type=day, required=True, metavar="DATE", help="first study date"
+    )
+    plan.add_argument(
+        "--to", dest="last", type=day, required=True, metavar="DATE", help="last study date"
+    )
     plan.add_argument("--name", type=campaign_name, help="campaign name (default: ARCHIVE-FROM-TO)")
     plan.add_argument(
         "--modality",
         type=modality,
         action="append",
+        metavar="MODALITY",
         help="only studies holding this modality (repeatable; default: [eligibility].modalities)",
     )
     plan.add_argument(
-        "--study-description", type=regex, help="only studies whose description matches"
+        "--study-description",
+        type=regex,
+        metavar="REGEX",
+        help="only studies whose description matches",
     )
     plan.add_argument(
-        "--series-description", type=regex, help="only series whose description matches"
+        "--series-description",
+        type=regex,
+        metavar="REGEX",
+        help="only series whose description matches",
     )
     plan.add_argument(
         "--query",
