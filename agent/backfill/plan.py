@@ -202,6 +202,11 @@ def _plan_study(
     bad_date = date_problem(study_date, *span)
     plans: list[SeriesPlan] = []
     for series in result.answers:
+        said = text(series, "StudyInstanceUID")
+        if said is not None and said != study_uid:
+            # An archive ignoring the study key: the series is found under its own study.
+            outcome.bump("series_of_another_study")
+            continue
         uid = text(series, "SeriesInstanceUID")
         problem = uid_problem(uid, "Series Instance UID")
         if uid is None or len(uid) > 64:

@@ -187,6 +187,15 @@ def test_malformed_answers_are_skipped_or_counted_never_a_crash(
         )
         yield PENDING, answer(**base, SeriesInstanceUID="1.2.3.3.x9", SeriesDescription="CHEST")
         yield PENDING, answer(QueryRetrieveLevel="SERIES", SeriesInstanceUID="1.2.3.3.4")
+        # A series of another study (an archive ignoring the study key): not this study's.
+        yield (
+            PENDING,
+            answer(
+                QueryRetrieveLevel="SERIES",
+                StudyInstanceUID="1.2.3.1",
+                SeriesInstanceUID="1.2.3.1.1",
+            ),
+        )
         yield 0x0000, None
 
     fake_archive.studies, fake_archive.series = studies, series
@@ -196,6 +205,7 @@ def test_malformed_answers_are_skipped_or_counted_never_a_crash(
     assert outcome.error is None
     assert outcome.summary["studies_malformed"] == 3  # no UID, not a UID, too long
     assert outcome.summary["series_malformed"] == 1  # no UID: nothing to record it under
+    assert outcome.summary["series_of_another_study"] == 1
     rows = series_rows(sessions, cid)
     reasons = {uid: (r.state, r.reason or "") for uid, r in rows.items()}
     assert reasons["1.2.3.1.1"][0] == BackfillState.SKIPPED
