@@ -31,6 +31,7 @@ COMMAND_MODULES = (
     "results",
     "studies",
     "outcomes",
+    "backfill",
     "demo",
 )
 

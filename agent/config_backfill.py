@@ -22,7 +22,12 @@ class Archive(Section):
     # get: C-GET on the query association, for archives that cannot reach back.
     retrieve: Literal["move", "get"] = "move"
     # Optional DICOMweb base URL (QIDO-RS to find, WADO-RS to retrieve) instead of DIMSE.
-    dicomweb_url: str | None = None
+    dicomweb_url: Annotated[str, Field(pattern=r"^https?://\S+$")] | None = None
+    # The most matches the archive returns for one query (Orthanc's LimitFindResults,
+    # a PACS's "max results"). A slice of a day that returns this many is split by
+    # Study Time so none is hidden; an archive that says so itself (status Cancel or
+    # Out of Resources, PS3.4 C.4.1.1.4) is split without it.
+    find_limit: Annotated[int, Field(ge=1)] | None = None
 
 
 class BackfillSettings(Section):

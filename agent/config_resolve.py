@@ -5,14 +5,15 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from agent.config_base import DATABASE_URL_ENV
 from agent.errors import ConfigError
 from agent.resources import default_config_path
 
 if TYPE_CHECKING:
-    from agent.config import Settings
+    from agent.config import Destination, Settings
+    from agent.config_backfill import Archive
 
 #: Database URL schemes the agent runs on (``storage.db``), and their drivers.
 SUPPORTED_DATABASES = {"sqlite": ("", "pysqlite"), "postgresql": ("", "psycopg")}
@@ -45,6 +46,9 @@ def check_tls_files(settings: Settings, cfg_path: Path) -> None:
         for dest in settings.destinations:
             if dest.tls is not None:
                 client_context(dest.tls, f"[[destinations]] {dest.name!r}.tls")
+        for archive in settings.archives:
+            if archive.tls is not None:
+                client_context(archive.tls, f"[[archives]] {archive.name!r}.tls")
     except ConfigError as exc:
         raise ConfigError(f"{cfg_path}: {exc}") from None
 
@@ -81,32 +85,34 @@ def resolve_settings(settings: Settings, cfg_path: Path) -> Settings:
             )
         }
     )
-    destinations = [
-        d
-        if d.tls is None
-        else d.model_copy(
-            update={
-                "tls": d.tls.model_copy(
-                    update={
-                        k: _abs(v, anchor)
-                        for k in ("certificate", "private_key", "ca_certificates")
-                        if (v := getattr(d.tls, k)) is not None
-                    }
-                )
-            }
-        )
-        for d in settings.destinations
-    ]
+    destinations = [_tls_abs(d, anchor) for d in settings.destinations]
+    archives = [_tls_abs(a, anchor) for a in settings.archives]
     return settings.model_copy(
         update={
             "node": node,
             "destinations": destinations,
+            "archives": archives,
             "storage": storage,
             "database": settings.database.model_copy(update={"url": url}),
             "model": model,
             "source": cfg_path,
         }
     )
+
+
+_Peer = TypeVar("_Peer", "Destination", "Archive")
+
+
+def _tls_abs(peer: _Peer, anchor: Path) -> _Peer:
+    """A destination or archive with its TLS file paths made absolute."""
+    if peer.tls is None:
+        return peer
+    files = {
+        k: _abs(v, anchor)
+        for k in ("certificate", "private_key", "ca_certificates")
+        if (v := getattr(peer.tls, k)) is not None
+    }
+    return peer.model_copy(update={"tls": peer.tls.model_copy(update=files)})
 
 
 def _abs(p: Path, anchor: Path) -> Path:

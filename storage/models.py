@@ -438,6 +438,9 @@ class BackfillCampaign(Base):
         _state_enum(CampaignState), default=CampaignState.PLANNING
     )
     studies_found: Mapped[int] = mapped_column(default=0, server_default=text("0"))
+    # What planning met besides series (storage.backfill.PlanSummary): queries, days
+    # split below the archive's result limit, answers left out as malformed.
+    plan_summary: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
