@@ -31,6 +31,7 @@ COMMAND_MODULES = (
     "results",
     "studies",
     "demo",
+    "monitor",
 )
 
 

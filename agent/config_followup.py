@@ -40,3 +40,7 @@ class MonitorSettings(Section):
     # Population stability index of a score or input distribution against the card's;
     # 0.1-0.25 is a moderate shift, above 0.25 a major one (the usual reading).
     psi_alert: Annotated[float, Field(gt=0, strict=False)] = 0.25
+    # Kolmogorov-Smirnov distance (0-1) of a continuous input (kVp, slice thickness) above
+    # which an alert is raised: the largest share of series whose place in the distribution
+    # moved. KS, not PSI, because those values sit on a few protocol settings.
+    ks_alert: Annotated[float, Field(gt=0, le=1, strict=False)] = 0.2

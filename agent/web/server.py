@@ -55,6 +55,7 @@ from agent.web.health import (
 from agent.web.metrics import build_registry, inference_histogram, time_inference
 from storage import results as queries
 from storage.db import make_session_factory
+from storage.monitoring import latest_checks
 
 log = get_logger("agent.web")
 
@@ -174,6 +175,11 @@ class Dashboard:
                 return 200, html, body.encode()
             if path == "/failures":
                 body = self.render("failures.html.j2", failures=queries.failures(session))
+                return 200, html, body.encode()
+            if path == "/monitor":
+                latest = latest_checks(session)
+                alerts = [c for c in latest if c.alert]
+                body = self.render("monitor.html.j2", checks=latest, alerts=alerts)
                 return 200, html, body.encode()
             if path == "/throughput":
                 hours = _int(query, "hours", 24, 1, 24 * 14)

@@ -177,6 +177,13 @@ def test_evaluate_cli_writes_report_csv_and_thresholds(tmp_path: Path) -> None:
             assert task not in card.thresholds and rows[task]["threshold"] == ""
     assert set(card.thresholds) <= {"cardiomegaly", "pleural_effusion"}
     assert card.validated is False
+    # The drift reference: every task's scores over both splits; arrays carry no headers.
+    reference = card.extra["reference_distributions"]
+    assert set(reference["scores"]) == set(card.tasks) and reference["inputs"] == {}
+    cardio = reference["scores"]["cardiomegaly"]
+    assert cardio["n"] == 32 and sum(cardio["proportions"]) == pytest.approx(1.0)
+    assert len(cardio["proportions"]) == len(cardio["edges"]) + 1
+    assert reference["source"]["splits"] == ["test", "val"]
     # Thresholds chosen on the split that is reported: refused in one line.
     assert main(
         ["model", "evaluate", str(ckpt), str(manifest), "--out", str(out), "--split", "val",
