@@ -74,9 +74,10 @@ def add_screened(
 
 
 def add_outcome(session: Session, job_id: int, labels: dict[str, int], exam_date: str) -> None:
-    session.add(EchoOutcome(source="csv", source_key=f"test:{job_id}:{exam_date}",
-                            patient_pseudonym=PSEUDONYM, exam_date=exam_date,
-                            measurements={}, labels=labels, job_id=job_id, match_days=3))  # fmt: skip
+    key = f"test:{job_id}:{exam_date}"
+    session.add(EchoOutcome(source="csv", source_key=key, patient_pseudonym=PSEUDONYM,
+                            exam_date=exam_date, measurements={}, labels=labels, job_id=job_id,
+                            match_days=3))  # fmt: skip
 
 
 def add_referral(
