@@ -100,7 +100,7 @@ def normalise_category(value: Any) -> str | None:
     """A categorical input as compared: trimmed, upper case; multi-valued joined by ``\\``."""
     if value is None:
         return None
-    if isinstance(value, list | tuple):
+    if isinstance(value, Sequence) and not isinstance(value, str):  # incl. pydicom MultiValue
         value = "\\".join(str(v) for v in value)
     text = str(value).strip().upper()
     return text or None
@@ -170,6 +170,7 @@ def series_characteristics(path: Path) -> dict[str, Any]:
         return {}
     import pydicom
     from pydicom.errors import InvalidDicomError
+    from pydicom.multival import MultiValue
 
     tags = ["Manufacturer", "KVP", "SliceThickness", "ConvolutionKernel"]
     for file in sorted(p for p in path.iterdir() if p.is_file()):
@@ -182,7 +183,9 @@ def series_characteristics(path: Path) -> dict[str, Any]:
             "manufacturer": ds.get("Manufacturer"),
             "kvp": ds.get("KVP"),
             "slice_thickness": ds.get("SliceThickness"),
-            "convolution_kernel": list(kernel) if isinstance(kernel, list | tuple) else kernel,
+            "convolution_kernel": [str(k) for k in kernel]
+            if isinstance(kernel, MultiValue)
+            else kernel,
         }
     return {}
 
