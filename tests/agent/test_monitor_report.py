@@ -163,3 +163,33 @@ def test_the_report_renders_in_chromium(
     assert len(rows) == 1 + 2 and "alert" in rows[1].text + rows[2].text
     shot = tmp_path / "monitor-report.png"
     assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
+
+
+def test_the_node_role_runs_the_check_on_its_clock(monitored: Path, engine: Engine) -> None:
+    import time
+
+    from agent.config import load_settings
+    from agent.pipeline.scheduler import NODE_STAGES, Pipeline
+    from storage.files import InstanceStore
+
+    settings = load_settings(monitored, check_files=False)
+    sessions = make_session_factory(engine)
+    store = InstanceStore(settings.storage.root)
+    node = Pipeline(settings, sessions, store, stages=NODE_STAGES)
+    assert node.monitor is not None
+    node.start()
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            with sessions() as s:
+                if s.scalar(select(func.count()).select_from(MonitorCheck)):
+                    break
+            time.sleep(0.1)
+    finally:
+        node.stop(grace_seconds=5)
+    with sessions() as s:
+        alerts = {c.name for c in s.scalars(select(MonitorCheck).where(MonitorCheck.alert))}
+    assert alerts == {TASK}
+    off = settings.model_copy(update={"monitor": settings.monitor.model_copy(
+        update={"enabled": False})})  # fmt: skip
+    assert Pipeline(off, sessions, store, stages=NODE_STAGES).monitor is None
