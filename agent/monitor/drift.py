@@ -1,5 +1,9 @@
 """Drift: the live distributions of scores and inputs against the model card's.
 
+The periodic check (:func:`run_check`) also stores each task's live AUC over the same
+window against the echo outcomes matched so far (:func:`performance_checks`): a figure
+with its CI, not an alert.
+
 Each task's scores and each categorical input (manufacturer, reconstruction kernel) are
 compared by the population stability index over the reference's bins or categories;
 each continuous input (kVp, slice thickness) by the Kolmogorov-Smirnov distance, since
@@ -18,7 +22,6 @@ nothing about this card's reference.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -29,6 +32,8 @@ from agent.config_followup import MonitorSettings
 from agent.errors import AgentError
 from agent.logs import get_logger
 from agent.monitor.card import NO_REFERENCE, CardView, read_card_view
+from agent.monitor.checks import ALERT, NOT_AVAILABLE, OK, TOO_FEW, CheckResult
+from agent.monitor.performance import performance_checks
 from hyperct_core.reference import (
     CATEGORICAL,
     categorical_psi,
@@ -37,41 +42,9 @@ from hyperct_core.reference import (
     score_psi,
 )
 from storage.models import MonitorCheck
-from storage.monitoring import ScreenedSeries, add_checks, screened_series
+from storage.monitoring import ScreenedSeries, add_checks, matched_outcomes, screened_series
 
 log = get_logger("agent.monitor")
-
-OK, ALERT, TOO_FEW, NOT_AVAILABLE = "ok", "alert", "too few samples", "not available"
-
-
-@dataclass(frozen=True)
-class DriftCheck:
-    """One comparison: ``value`` None when it could not be computed (``status`` says why)."""
-
-    kind: str  # "score" | "input" | "drift" (the reference itself)
-    name: str
-    statistic: str  # "psi" | "ks" | "none"
-    value: float | None
-    threshold: float | None
-    n: int
-    status: str
-    detail: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def alert(self) -> bool:
-        return self.status == ALERT
-
-    def sentence(self) -> str:
-        """One line for people: what was compared and what came of it."""
-        what = f"{self.kind} {self.name}"
-        if self.status == NOT_AVAILABLE:
-            return str(self.detail.get("reason", NO_REFERENCE))
-        if self.status == TOO_FEW:
-            return (f"{what}: too few samples ({self.n} < {self.detail.get('min_samples')}); "
-                    "no statistic, no alert")  # fmt: skip
-        verdict = "ALERT" if self.alert else "ok"
-        return (f"{what}: {self.statistic.upper()} {self.value:.3f} (alert above "
-                f"{self.threshold:g}, n={self.n}) {verdict}")  # fmt: skip
 
 
 def _known(name: str, values: Iterable[Any]) -> list[Any]:
@@ -86,9 +59,9 @@ def _ks(reference: Mapping[str, Any], values: list[Any]) -> tuple[float, None]:
 
 def compare(
     reference: Mapping[str, Any], series: Sequence[ScreenedSeries], settings: MonitorSettings
-) -> list[DriftCheck]:
+) -> list[CheckResult]:
     """Every score and input of ``reference`` against the live ``series``."""
-    out: list[DriftCheck] = []
+    out: list[CheckResult] = []
 
     def one(
         kind: str,
@@ -102,13 +75,15 @@ def compare(
         if len(values) < settings.min_samples:
             detail = {"min_samples": settings.min_samples, "reference_n": ref.get("n")}
             out.append(
-                DriftCheck(kind, name, statistic, None, threshold, len(values), TOO_FEW, detail)
+                CheckResult(kind, name, statistic, None, threshold, len(values), TOO_FEW, detail)
             )
             return
         value, live = measure(ref, values)
         status = ALERT if value > threshold else OK
         detail = {"reference_n": ref.get("n"), "live": live}
-        out.append(DriftCheck(kind, name, statistic, value, threshold, len(values), status, detail))
+        out.append(
+            CheckResult(kind, name, statistic, value, threshold, len(values), status, detail)
+        )
 
     for task, ref in (reference.get("scores") or {}).items():
         scores = [s.scores[task] for s in series if task in s.scores]
@@ -124,10 +99,10 @@ def compare(
 
 def check_drift(
     session: Session, card: CardView, settings: MonitorSettings, now: datetime | None = None
-) -> list[DriftCheck]:
+) -> list[CheckResult]:
     """Compare the last ``window_days`` of screening with ``card``'s reference."""
     if card.reference is None:
-        return [DriftCheck("drift", "reference", "none", None, None, 0, NOT_AVAILABLE,
+        return [CheckResult("drift", "reference", "none", None, None, 0, NOT_AVAILABLE,
                            {"reason": NO_REFERENCE})]  # fmt: skip
     end = now or datetime.now(UTC)
     start = end - timedelta(days=settings.window_days)
@@ -135,7 +110,7 @@ def check_drift(
 
 
 def store_checks(
-    session: Session, checks: Sequence[DriftCheck], settings: MonitorSettings, now: datetime
+    session: Session, checks: Sequence[CheckResult], settings: MonitorSettings, now: datetime
 ) -> int:
     """One ``monitor_checks`` row per check, and a warning line per alert."""
     start = now - timedelta(days=settings.window_days)
@@ -156,12 +131,15 @@ def store_checks(
 
 def run_check(
     sessions: sessionmaker[Session], settings: Settings, now: datetime | None = None
-) -> list[DriftCheck]:
+) -> list[CheckResult]:
     """One check: read the serving model's card, compare, store; returns the checks."""
     now = now or datetime.now(UTC)
     card = read_card_view(settings.model)
+    start = now - timedelta(days=settings.monitor.window_days)
     with sessions.begin() as session:
         checks = check_drift(session, card, settings.monitor, now)
+        checks += performance_checks(matched_outcomes(session, card.version), settings.monitor,
+                                     start.date(), now.date(), card.held_out)  # fmt: skip
         store_checks(session, checks, settings.monitor, now)
     alerts = sum(c.alert for c in checks)
     log.info("monitor check", checks=len(checks), alerts=alerts,

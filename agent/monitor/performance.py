@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from agent.config_followup import MonitorSettings
+from agent.monitor.checks import OK, TOO_FEW, CheckResult
 from hyperct_core.metrics import bootstrap_auc, calibration, rates, roc_auc, roc_curve
 from storage.monitoring import MatchedOutcome, ReferralOutcome
 
@@ -124,8 +126,10 @@ def live_performance(
     end: date | None = None,
     min_samples: int = 50,
     n_boot: int = 1000,
+    windows: bool = True,
 ) -> Performance:
-    """Figures of the matched outcomes whose CT day is in ``[start, end]`` (inclusive)."""
+    """Figures of the matched outcomes whose CT day is in ``[start, end]`` (inclusive);
+    per calendar window too unless ``windows`` is False."""
     perf = Performance(period)
     kept = []
     for o in outcomes:
@@ -142,9 +146,11 @@ def live_performance(
         thr = thresholds.get(task)
         perf.overall[task] = task_figures(task, "all", y, p, thr, min_samples=min_samples,
                                           n_boot=n_boot, seed=i)  # fmt: skip
-        windows = np.array([w for w, _, _ in pairs])
-        for w in sorted(set(windows)):
-            sel = windows == w
+        if not windows:
+            continue
+        of = np.array([w for w, _, _ in pairs])
+        for w in sorted(set(of)):
+            sel = of == w
             perf.windows.setdefault(task, []).append(
                 task_figures(
                     task, w, y[sel], p[sel], thr, min_samples=min_samples, n_boot=n_boot, seed=i
@@ -170,3 +176,30 @@ def referral_yield(
     for row in rows.values():
         row["yield"] = row["positive"] / row["with_echo"] if row["with_echo"] else math.nan
     return [rows[w] for w in sorted(rows)]
+
+
+def performance_checks(
+    outcomes: Sequence[MatchedOutcome],
+    settings: MonitorSettings,
+    start: date,
+    end: date,
+    held_out: Mapping[str, Any] | None = None,
+    n_boot: int = 200,
+) -> list[CheckResult]:
+    """The periodic check's live AUC per task over ``[start, end]``: a figure with its CI,
+    never an alert (a live AUC is read against the card's held-out one, kept in ``detail``)."""
+    perf = live_performance(outcomes, {}, start=start, end=end, n_boot=n_boot, windows=False,
+                            min_samples=settings.min_samples)  # fmt: skip
+    out = []
+    for task, f in perf.overall.items():
+        detail: dict[str, Any] = {"positives": f.positives}
+        card_auc = ((held_out or {}).get(task) or {}).get("auc")
+        if card_auc is not None:
+            detail["held_out_auc"] = card_auc
+        if f.n < settings.min_samples or math.isnan(f.auc):
+            detail["min_samples"] = settings.min_samples
+            out.append(CheckResult("performance", task, "auc", None, None, f.n, TOO_FEW, detail))
+            continue
+        detail.update(ci_low=f.ci_low, ci_high=f.ci_high)
+        out.append(CheckResult("performance", task, "auc", f.auc, None, f.n, OK, detail))
+    return out

@@ -24,7 +24,8 @@ from agent import __version__
 from agent.config import Settings
 from agent.monitor import charts
 from agent.monitor.card import NO_REFERENCE, CardView
-from agent.monitor.drift import DriftCheck, compare
+from agent.monitor.checks import CheckResult
+from agent.monitor.drift import compare
 from agent.monitor.performance import Performance, live_performance, referral_yield
 from agent.resources import templates_dir
 from hyperct_core.evaluation_report import _calibration_svg, _roc_svg
@@ -48,7 +49,7 @@ class ReportData:
     end: date
     period: str
     performance: Performance
-    drift: list[DriftCheck]
+    drift: list[CheckResult]
     history: dict[str, list[tuple[str, float | None, float | None]]] = field(default_factory=dict)
 
 
@@ -74,7 +75,7 @@ def gather(
         end=end, min_samples=settings.monitor.min_samples, n_boot=n_boot,
     )  # fmt: skip
     perf.yield_rows = referral_yield(referral_outcomes(session, lo, hi), period)
-    drift: list[DriftCheck] = []
+    drift: list[CheckResult] = []
     if card.reference is not None:
         drift = compare(card.reference, screened_series(session, lo, hi, card.version),
                         settings.monitor)  # fmt: skip
@@ -91,7 +92,7 @@ def _num(value: float | None) -> str:
     return "n/a" if value is None or math.isnan(value) else f"{value:.3f}"
 
 
-def _drift_chart(check: DriftCheck, reference: dict[str, Any]) -> Markup | None:
+def _drift_chart(check: CheckResult, reference: dict[str, Any]) -> Markup | None:
     live = check.detail.get("live")
     if check.value is None or live is None:
         return None

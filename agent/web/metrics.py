@@ -98,7 +98,8 @@ class MonitorCollector(Collector):
 
     ``hyperct_drift_psi`` / ``hyperct_drift_ks``: the statistic (absent while too few
     samples); ``hyperct_drift_alert``: 1 when above its threshold; ``hyperct_drift_available``:
-    0 when the model card has no reference distributions.
+    0 when the model card has no reference distributions; ``hyperct_live_auc``: each
+    task's live AUC against matched echo outcomes (absent while too few are matched).
     """
 
     def __init__(self, sessions: sessionmaker[Session]) -> None:
@@ -122,10 +123,17 @@ class MonitorCollector(Collector):
         samples = GaugeMetricFamily(
             f"{PREFIX}_drift_samples", "Live values in the newest check's window", labels=labels
         )
+        live_auc = GaugeMetricFamily(f"{PREFIX}_live_auc",
+                                     "Newest live ROC AUC of a task against matched echo outcomes",
+                                     labels=["task"])  # fmt: skip
         available = GaugeMetricFamily(f"{PREFIX}_drift_available",
                                       "0 when the model card has no drift reference")  # fmt: skip
         for c in checks:
             if c.kind == "drift":  # the card has no reference: nothing was compared
+                continue
+            if c.kind == "performance":
+                if c.value is not None:
+                    live_auc.add_metric([c.name], c.value)
                 continue
             if c.statistic in values and c.value is not None:
                 values[c.statistic].add_metric([c.kind, c.name], c.value)
@@ -137,6 +145,7 @@ class MonitorCollector(Collector):
         yield from values.values()
         yield alert
         yield samples
+        yield live_auc
 
 
 def _counter(name: str, doc: str, value: int) -> CounterMetricFamily:

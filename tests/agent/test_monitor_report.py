@@ -77,9 +77,22 @@ def test_check_then_report(
 ) -> None:
     assert main(["monitor", "check", "--config", str(monitored)]) == 0
     out = capsys.readouterr().out
-    assert f"score {TASK}: PSI" in out and "ALERT" in out and "2 checks, 1 alert" in out
+    assert f"score {TASK}: PSI" in out and "ALERT" in out and "3 checks, 1 alert" in out
+    # The same check measures the live AUC against the 120 matched echoes: a figure.
+    assert f"performance {TASK}: AUC 0." in out and "positives=" in out
     with make_session_factory(engine)() as s:
-        assert s.scalar(select(func.count()).select_from(MonitorCheck)) == 2
+        rows = {r.kind: r for r in s.scalars(select(MonitorCheck))}
+    assert set(rows) == {"score", "performance"} and len(rows) == 2
+    perf = rows["performance"]
+    assert perf.n == 120 and not perf.alert and perf.threshold is None and perf.detail
+    assert perf.detail["ci_low"] < perf.value < perf.detail["ci_high"]
+    assert perf.detail["held_out_auc"] == 0.79
+    from prometheus_client import generate_latest
+
+    from agent.web.metrics import build_registry
+
+    metrics = generate_latest(build_registry(make_session_factory(engine), None, None)).decode()
+    assert f'hyperct_live_auc{{task="{TASK}"}} {perf.value}' in metrics
 
     folder = tmp_path / "report"
     today = datetime.now(UTC).date()
