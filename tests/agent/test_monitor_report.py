@@ -93,6 +93,16 @@ def test_check_then_report(
 
     metrics = generate_latest(build_registry(make_session_factory(engine), None, None)).decode()
     assert f'hyperct_live_auc{{task="{TASK}"}} {perf.value}' in metrics
+    from agent.config import load_settings
+    from agent.web.server import Dashboard
+
+    sessions = make_session_factory(engine)
+    web = load_settings(monitored, check_files=False).web
+    _, _, body = Dashboard(web, sessions, build_registry(sessions, None, None), {}).page(
+        "/monitor", {}
+    )
+    assert f"live AUC, 95 % CI {perf.detail['ci_low']:.3f}" in body.decode()
+    assert "held-out 0.790" in body.decode() and "1 drift alert:" in body.decode()
 
     folder = tmp_path / "report"
     today = datetime.now(UTC).date()
