@@ -87,3 +87,15 @@ def test_characteristics_come_from_the_series_headers(tmp_path: Path) -> None:
     ref = build_reference(np.array([[0.1], [0.9]]), ["cardiomegaly"], [found, {}], {"m": "x"})
     assert ref["inputs"]["convolution_kernel"]["proportions"] == {"FC13\\AIDR": 1.0}
     assert ref["inputs"]["kvp"]["values"] == [100.0] and ref["statistics"]["kvp"] == "ks"
+
+
+@pytest.mark.parametrize(("n", "quiet"), [(50, False), (200, True)])
+def test_min_samples_default_keeps_clean_data_quiet(n: int, quiet: bool) -> None:
+    # Why [monitor] min_samples defaults to 200: PSI's sampling noise on undrifted data.
+    from agent.config_followup import MonitorSettings
+
+    rng = np.random.default_rng(5)
+    ref = score_reference(rng.beta(2, 5, 5000))
+    false_alerts = np.mean([score_psi(ref, rng.beta(2, 5, n))[0] > 0.25 for _ in range(300)])
+    assert (false_alerts < 0.01) == quiet
+    assert MonitorSettings().min_samples == 200
