@@ -84,7 +84,7 @@ def run_report(args: argparse.Namespace) -> int:
               file=sys.stderr)  # fmt: skip
         with make_session_factory(runtime.engine, read_only=True)() as session:
             data = gather(session, settings, card, start, end, period=args.period,
-                          n_boot=args.bootstrap)  # fmt: skip
+                          n_boot=args.bootstrap, progress=_progress)  # fmt: skip
     finally:
         runtime.close()
     out: Path = args.out
@@ -98,6 +98,10 @@ def run_report(args: argparse.Namespace) -> int:
         print(line)
     print(f"report: {out / 'report.html'}")
     return 0
+
+
+def _progress(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def _write(path: Path, text: str) -> None:

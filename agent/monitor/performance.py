@@ -15,7 +15,7 @@ figures are indicative only.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
@@ -127,6 +127,7 @@ def live_performance(
     min_samples: int = 50,
     n_boot: int = 1000,
     windows: bool = True,
+    progress: Callable[[str], None] | None = None,
 ) -> Performance:
     """Figures of the matched outcomes whose CT day is in ``[start, end]`` (inclusive);
     per calendar window too unless ``windows`` is False."""
@@ -139,6 +140,8 @@ def live_performance(
     tasks = sorted({t for _, o in kept for t, v in o.labels.items()
                     if v in (0, 1) and t in o.scores})  # fmt: skip
     for i, task in enumerate(tasks):
+        if progress is not None:
+            progress(f"live performance: {task} ({i + 1}/{len(tasks)})")
         pairs = [(w, float(o.labels[task]), o.scores[task]) for w, o in kept
                  if o.labels.get(task) in (0, 1) and task in o.scores]  # fmt: skip
         y = np.array([v for _, v, _ in pairs])

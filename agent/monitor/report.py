@@ -11,7 +11,7 @@ data: windows, counts, figures, task and input names only.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
@@ -68,11 +68,12 @@ def gather(
     *,
     period: str = "month",
     n_boot: int = 1000,
+    progress: Callable[[str], None] | None = None,
 ) -> ReportData:
     lo, hi = day_range(start, end)
     perf = live_performance(
         matched_outcomes(session, card.version), card.thresholds, period=period, start=start,
-        end=end, min_samples=settings.monitor.min_samples, n_boot=n_boot,
+        end=end, min_samples=settings.monitor.min_samples, n_boot=n_boot, progress=progress,
     )  # fmt: skip
     perf.yield_rows = referral_yield(referral_outcomes(session, lo, hi), period)
     drift: list[CheckResult] = []

@@ -112,6 +112,7 @@ def test_check_then_report(
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert f"{TASK}: n=120" in captured.out and "referral yield:" in captured.out
+    assert f"live performance: {TASK} (1/1)" in captured.err
     html = (folder / "report.html").read_text()
     outline = Outline()
     outline.feed(html)
