@@ -273,3 +273,9 @@ def test_a_card_without_reference_says_drift_is_not_available(
     run_check(sessions, settings)
     metrics = generate_latest(build_registry(sessions, None, None)).decode()
     assert "hyperct_drift_available 0.0" in metrics and "hyperct_drift_alert{" not in metrics
+    from agent.monitor.report import gather, render, summary_lines
+
+    with sessions() as s:
+        data = gather(s, settings, card, date(2026, 1, 1), date(2026, 3, 31), n_boot=10)
+    assert data.drift == [] and "drift is not available" in render(data, settings)
+    assert any("drift is not available" in line for line in summary_lines(data))
