@@ -53,12 +53,15 @@ def read_card_view(settings: ModelSettings) -> CardView:
         data = json.loads(path.read_text(encoding="utf-8"))
         extra = data.get("extra") or {}
         points = (extra.get("operating_points") or {}).get("tasks") or {}
+        reference = extra.get("reference_distributions")
+        if reference is not None:
+            _check_reference(reference)
         return CardView(
             name=str(data["name"]),
             version=str(data["version"]),
             tasks=[str(t) for t in data["tasks"]],
             thresholds={str(k): float(v) for k, v in (data.get("thresholds") or {}).items()},
-            reference=extra.get("reference_distributions"),
+            reference=reference,
             path=path,
             held_out={t: p.get("held_out") for t, p in points.items() if p.get("held_out")},
         )
@@ -66,3 +69,15 @@ def read_card_view(settings: ModelSettings) -> CardView:
         raise AgentError(f"cannot read the model card {path}: {exc}") from None
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise AgentError(f"model card {path} is malformed: {exc!r}") from None
+
+
+def _check_reference(reference: Any) -> None:
+    """Refuse a reference the comparisons could not read (KeyError/TypeError/ValueError)."""
+    for ref in reference["scores"].values():
+        if len(ref["proportions"]) != len(ref["edges"]) + 1:
+            raise ValueError("score bins and proportions disagree")
+    for ref in reference["inputs"].values():
+        if ref["kind"] == "categorical":
+            dict(ref["proportions"])
+        elif len(ref["values"]) != len(ref["cdf"]):
+            raise ValueError("a continuous input's values and cdf disagree")

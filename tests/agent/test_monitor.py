@@ -279,3 +279,17 @@ def test_a_card_without_reference_says_drift_is_not_available(
         data = gather(s, settings, card, date(2026, 1, 1), date(2026, 3, 31), n_boot=10)
     assert data.drift == [] and "drift is not available" in render(data, settings)
     assert any("drift is not available" in line for line in summary_lines(data))
+
+
+def test_a_malformed_reference_is_one_line(tmp_path: Path) -> None:
+    from agent.config import ModelSettings
+    from agent.errors import AgentError
+
+    reference = _reference()
+    reference["scores"][TASK]["edges"] = [0.5]  # type: ignore[index]
+    ckpt = write_card(tmp_path / "ckpt", reference, {})
+    with pytest.raises(AgentError, match="malformed"):
+        read_card_view(ModelSettings(checkpoint=ckpt))
+    (ckpt / "card.json").write_text("{")
+    with pytest.raises(AgentError, match="cannot read the model card"):
+        read_card_view(ModelSettings(checkpoint=ckpt))
