@@ -257,6 +257,10 @@ def test_the_check_stores_alerts_logs_them_and_shows_them(
     page = body.decode()
     assert code == 200 and "2 drift alerts" in page and "CANON" not in page.split("<table")[0]
     assert PSEUDONYM not in page
+    _, _, worklist = board.page("/", {})  # every page's header points at the alerts
+    assert (
+        'id="drift-alert-count"' in worklist.decode() and "2 drift alerts</a>" in worklist.decode()
+    )
     assert len(ids) == 500
 
 
