@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from storage.models import EchoOutcome, Job, MonitorCheck, Referral, Result, Series, Study
@@ -105,8 +105,11 @@ def screened_series(
     ]
 
 
-def matched_outcomes(session: Session, model_version: str | None = None) -> list[MatchedOutcome]:
-    """Every screened series with an echo matched to it (one row per echo)."""
+def matched_outcomes(
+    session: Session, model_version: str | None = None, since: date | None = None
+) -> list[MatchedOutcome]:
+    """Screened series with an echo matched to it (one row per echo); ``since``: only CTs
+    of that day or later by Study Date (those without one are kept: the caller dates them)."""
     query = (
         select(Job.id, Job.screened_at, Study.study_date, EchoOutcome.exam_date,
                EchoOutcome.labels)
@@ -118,6 +121,9 @@ def matched_outcomes(session: Session, model_version: str | None = None) -> list
     )  # fmt: skip
     if model_version is not None:
         query = query.where(Job.model_version == model_version)
+    if since is not None:
+        query = query.where(or_(Study.study_date >= f"{since:%Y%m%d}",
+                                Study.study_date.is_(None), Study.study_date == ""))  # fmt: skip
     rows = session.execute(query).all()
     scores = _scores_of(session, sorted({r[0] for r in rows}))
     return [

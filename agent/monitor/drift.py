@@ -138,8 +138,9 @@ def run_check(
     start = now - timedelta(days=settings.monitor.window_days)
     with sessions.begin() as session:
         checks = check_drift(session, card, settings.monitor, now)
-        checks += performance_checks(matched_outcomes(session, card.version), settings.monitor,
-                                     start.date(), now.date(), card.held_out)  # fmt: skip
+        outcomes = matched_outcomes(session, card.version, start.date())
+        checks += performance_checks(outcomes, settings.monitor, start.date(), now.date(),
+                                     card.held_out)  # fmt: skip
         store_checks(session, checks, settings.monitor, now)
     alerts = sum(c.alert for c in checks)
     log.info("monitor check", checks=len(checks), alerts=alerts,

@@ -72,7 +72,7 @@ def gather(
 ) -> ReportData:
     lo, hi = day_range(start, end)
     perf = live_performance(
-        matched_outcomes(session, card.version), card.thresholds, period=period, start=start,
+        matched_outcomes(session, card.version, start), card.thresholds, period=period, start=start,
         end=end, min_samples=settings.monitor.min_samples, n_boot=n_boot, progress=progress,
     )  # fmt: skip
     perf.yield_rows = referral_yield(referral_outcomes(session, lo, hi), period)

@@ -104,6 +104,8 @@ def test_a_known_auc_is_measured_within_its_ci(session: Session) -> None:
     january = live_performance(outcomes, {}, start=date(2026, 1, 1), end=date(2026, 1, 31),
                                n_boot=50)  # fmt: skip
     assert january.overall[TASK].n == windows[0].n
+    # The query narrows by Study Date already; the day rule decides the rest.
+    assert len(matched_outcomes(session, VERSION, date(2026, 2, 1))) == 900 - windows[0].n
     assert "not assessed" in january.overall[TASK].note
 
 
