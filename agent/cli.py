@@ -33,6 +33,7 @@ COMMAND_MODULES = (
     "outcomes",
     "backfill",
     "demo",
+    "monitor",
 )
 
 

@@ -23,7 +23,10 @@ the checkpoint's card with a record of both splits' figures; the card stays
 validated get no threshold: the agent reports them "not assessed".
 
 Outputs (:mod:`hyperct_core.evaluation_report`): ``metrics.csv``, ``decision_curves.csv``,
-``calibration.csv`` and ``report.html``.
+``calibration.csv`` and ``report.html``; and ``reference.json``, the distributions of the
+scores and acquisition characteristics of every series scored (both splits), which
+``write_thresholds`` also stores in the card for the agent's drift monitoring
+(:mod:`hyperct_core.reference`).
 
 For scale, the full-scale HyperCT (frozen DINOv3 ViT-B/16, a hypernetwork of 85.0 M
 parameters as the paper counts it) reached a mean AUC of 78.1 on its retrospective test
@@ -35,6 +38,7 @@ checkpoint evaluated here.
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -57,6 +61,7 @@ from hyperct_core.metrics import (
     roc_auc,
     roc_curve,
 )
+from hyperct_core.reference import build_reference, series_characteristics
 from hyperct_core.tasks import TASK_NAMES, TASKS
 
 __all__ = [
@@ -104,6 +109,8 @@ class EvaluationResult:
     split: str = "test"
     n_threshold_series: int = 0
     files: dict[str, Path] = field(default_factory=dict)
+    #: Score and input distributions for drift monitoring (:mod:`hyperct_core.reference`).
+    reference: dict[str, Any] | None = None
 
     @property
     def not_validated(self) -> dict[str, str]:
@@ -367,7 +374,17 @@ def evaluate(
         "n_boot": n_boot,
         "seed": seed,
     }
+    # The drift reference: every series scored here (both splits: neither was trained on).
+    result.reference = build_reference(
+        probs if val_probs is None else np.concatenate([probs, val_probs]),
+        list(card.tasks),  # type: ignore[attr-defined]
+        [series_characteristics(r.path) for r in [*rows, *val_rows]],
+        {"manifest": man.path.name, "splits": [s for s in (split, threshold_split) if s],
+         "date": info["date"]},
+    )  # fmt: skip
     result.files = write_outputs(result, out, info)
+    result.files["reference"] = out / "reference.json"
+    result.files["reference"].write_text(json.dumps(result.reference, indent=1) + "\n")
     if write_thresholds:
         dest = Path(checkpoint) if write_thresholds is True else Path(write_thresholds)
         result.files["checkpoint"] = save_thresholds(checkpoint, result, info, dest, backbone_path)
@@ -432,6 +449,8 @@ def save_thresholds(
     # Exactly the validated tasks: an old or placeholder threshold must not survive.
     card.thresholds = dict(result.thresholds)
     card.extra = {**card.extra, "operating_points": operating_points_record(result, info)}
+    if result.reference is not None:
+        card.extra["reference_distributions"] = result.reference
     backbone_file = None
     if card.backbone.get("weights") == "external":
         backbone_file = backbone_path or card.backbone["file"]

@@ -42,6 +42,8 @@ NODE_ROLE_ENTRIES = (
     "agent.pipeline.workers",
     "agent.web",
     "agent.supervise",
+    # The drift check runs on the node (a card read as JSON, numpy statistics).
+    "agent.monitor",
 )
 #: Libraries the node must not load.
 NODE_FORBIDDEN_LIBRARIES = ("torch", "torchvision", "timm")

@@ -437,6 +437,15 @@ def format_info(info: dict[str, Any]) -> str:
         f"{assessed} of {len(card['tasks'])} tasks have an operating point; "
         "the others are reported 'not assessed'"
     )
+    reference = (card.get("extra") or {}).get("reference_distributions")
+    if reference:
+        inputs = ", ".join(sorted(reference.get("inputs") or {})) or "none recorded"
+        tasks = len(reference.get("scores") or {})
+        source = (reference.get("source") or {}).get("manifest")
+        lines.append(f"drift reference: scores of {tasks} tasks; inputs: {inputs} ({source})")
+    else:
+        lines.append("drift reference: none (drift is not available; `model evaluate "
+                     "--write-thresholds` records one)")  # fmt: skip
     lines.append("parameters (this code's count):")
     labels = [
         ("backbone", "backbone (frozen)"),

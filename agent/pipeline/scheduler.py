@@ -11,6 +11,10 @@ interval between stages. ``stop`` lets in-flight work finish for a grace
 period and then gives back whatever this process still holds (jobs back to
 ``queued``, deliveries back to ``pending``), so nothing acknowledged is lost.
 
+A node also runs the monitoring check (:class:`agent.monitor.drift.DriftMonitor`)
+every ``[monitor] check_minutes`` when ``[monitor] enabled``: one node per
+database suffices, but several only add rows, never conflicting ones.
+
 A heartbeat thread renews the leases of the jobs being screened. It is a
 thread of its own, not a scheduler job, so it keeps beating while a batch is
 in inference (torch releases the GIL inside its kernels; pure Python work is
@@ -33,6 +37,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from agent.config import Settings
 from agent.logs import get_logger
+from agent.monitor.drift import DriftMonitor
 from agent.pipeline.deliver import Deliverer
 from agent.pipeline.model import ModelHolder
 from agent.pipeline.screen import ReportWriter, Screener
@@ -92,6 +97,9 @@ class Pipeline:
                 timed(self.model, self.status.observe)
         self.sweeper = Sweeper(settings, sessions)
         self.deliverer = Deliverer(settings, sessions, store, self.worker)
+        self.monitor: DriftMonitor | None = None
+        if "sweep" in stages and settings.monitor.enabled:
+            self.monitor = DriftMonitor(settings, sessions)
         self._stopping = threading.Event()
         self._busy = 0
         self._busy_lock = threading.Lock()
@@ -155,6 +163,14 @@ class Pipeline:
                 "interval",
                 seconds=OUTCOME_MATCH_SECONDS,
                 id="outcomes",
+                next_run_time=now,
+            )
+        if self.monitor is not None:
+            self._scheduler.add_job(
+                self._guarded("monitor", self.monitor.run_once, None),
+                "interval",
+                seconds=self.settings.monitor.check_minutes * 60,
+                id="monitor",
                 next_run_time=now,
             )
         self._scheduler.start()

@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from agent.logs import get_logger
 from agent.pipeline.workers import INFERENCE_BUCKETS
+from storage.monitoring import latest_checks
 from storage.results import metric_counts
 
 log = get_logger("agent.web")
@@ -90,6 +91,61 @@ class DatabaseCollector(Collector):
             ["delivery"], c.reports["pending"] + c.reports["sending"] + c.reports["failed"]
         )
         yield depth
+
+
+class MonitorCollector(Collector):
+    """The newest monitoring check of each score and input (``monitor_checks``).
+
+    ``hyperct_drift_psi`` / ``hyperct_drift_ks``: the statistic (absent while too few
+    samples); ``hyperct_drift_alert``: 1 when above its threshold; ``hyperct_drift_available``:
+    0 when the model card has no reference distributions; ``hyperct_live_auc``: each
+    task's live AUC against matched echo outcomes (absent while too few are matched).
+    """
+
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self.sessions = sessions
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            with self.sessions() as session:
+                checks = latest_checks(session)
+        except SQLAlchemyError:
+            return  # DatabaseCollector reports the database down
+        labels = ["kind", "name"]
+        values = {
+            s: GaugeMetricFamily(f"{PREFIX}_drift_{s}", f"Newest drift {s.upper()} of a score "
+                                 "or input against the model card's reference", labels=labels)
+            for s in ("psi", "ks")
+        }  # fmt: skip
+        alert = GaugeMetricFamily(f"{PREFIX}_drift_alert",
+                                  "1 when the newest drift statistic is above its threshold",
+                                  labels=labels)  # fmt: skip
+        samples = GaugeMetricFamily(
+            f"{PREFIX}_drift_samples", "Live values in the newest check's window", labels=labels
+        )
+        live_auc = GaugeMetricFamily(f"{PREFIX}_live_auc",
+                                     "Newest live ROC AUC of a task against matched echo outcomes",
+                                     labels=["task"])  # fmt: skip
+        available = GaugeMetricFamily(f"{PREFIX}_drift_available",
+                                      "0 when the model card has no drift reference")  # fmt: skip
+        for c in checks:
+            if c.kind == "drift":  # the card has no reference: nothing was compared
+                continue
+            if c.kind == "performance":
+                if c.value is not None:
+                    live_auc.add_metric([c.name], c.value)
+                continue
+            if c.statistic in values and c.value is not None:
+                values[c.statistic].add_metric([c.kind, c.name], c.value)
+            alert.add_metric([c.kind, c.name], 1 if c.alert else 0)
+            samples.add_metric([c.kind, c.name], c.n)
+        if checks:
+            available.add_metric([], 0 if any(c.kind == "drift" for c in checks) else 1)
+            yield available
+        yield from values.values()
+        yield alert
+        yield samples
+        yield live_auc
 
 
 def _counter(name: str, doc: str, value: int) -> CounterMetricFamily:
@@ -194,6 +250,7 @@ def build_registry(
     """A registry of its own (not the global one): several dashboards in one process agree."""
     registry = CollectorRegistry(auto_describe=True)
     registry.register(DatabaseCollector(sessions))
+    registry.register(MonitorCollector(sessions))
     if workers is not None:
         registry.register(WorkersCollector(workers))
     elif holder is not None:

@@ -55,6 +55,7 @@ from agent.web.health import (
 from agent.web.metrics import build_registry, inference_histogram, time_inference
 from storage import results as queries
 from storage.db import make_session_factory
+from storage.monitoring import latest_checks
 
 log = get_logger("agent.web")
 
@@ -155,31 +156,41 @@ class Dashboard:
             return code, "application/json", json.dumps(health, indent=2).encode()
         html = "text/html; charset=utf-8"
         with self.sessions() as session:
+            latest = latest_checks(session)
+            drift_alerts = sum(c.alert for c in latest)  # shown in every page's header
+
+            def render(name: str, **context: Any) -> str:
+                return self.render(name, drift_alerts=drift_alerts, **context)
+
             if path == "/":
                 limit = _int(query, "limit", 100, 1, 1000)
                 rows = queries.recent_studies(session, limit)
-                return 200, html, self.render("worklist.html.j2", rows=rows, limit=limit).encode()
+                return 200, html, render("worklist.html.j2", rows=rows, limit=limit).encode()
             if path.startswith("/studies/"):
                 uid = unquote(path[len("/studies/") :])
                 trail = queries.study_trail(session, uid)
                 if trail is None:
-                    body = self.render("error.html.j2", message="No such study.")
+                    body = render("error.html.j2", message="No such study.")
                     return 404, html, body.encode()
                 charts = {
                     s.series_instance_uid: chart.probability_chart(s.results)
                     for s in trail.series
                     if s.results
                 }
-                body = self.render("study.html.j2", trail=trail, charts=charts)
+                body = render("study.html.j2", trail=trail, charts=charts)
                 return 200, html, body.encode()
             if path == "/failures":
-                body = self.render("failures.html.j2", failures=queries.failures(session))
+                body = render("failures.html.j2", failures=queries.failures(session))
+                return 200, html, body.encode()
+            if path == "/monitor":
+                alerts = [c for c in latest if c.alert]
+                body = render("monitor.html.j2", checks=latest, alerts=alerts)
                 return 200, html, body.encode()
             if path == "/throughput":
                 hours = _int(query, "hours", 24, 1, 24 * 14)
                 buckets = queries.throughput(session, hours)
                 svg = chart.throughput_chart(buckets)
-                body = self.render("throughput.html.j2", buckets=buckets, chart=svg, hours=hours)
+                body = render("throughput.html.j2", buckets=buckets, chart=svg, hours=hours)
                 return 200, html, body.encode()
         return 404, html, self.render("error.html.j2", message="Not found.").encode()
 

@@ -290,6 +290,7 @@ def test_model_info_command(ckpt: Path, tmp_path: Path, capsys):
     assert BackboneConfig().identity == "vit_base_patch16_dinov3"
     assert BackboneConfig(img_size=224).identity == "vit_base_patch16_dinov3"
     assert f"{counts['hypernet_heads']:,d}" in text
+    assert "drift reference: none (drift is not available" in text
     assert main(["model", "info", str(ckpt)]) == 0
     assert "hypernetwork: heads" in capsys.readouterr().out
     (ckpt / WEIGHTS_NAME).write_bytes(b"garbage")

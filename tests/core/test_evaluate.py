@@ -126,7 +126,9 @@ def test_missing_labels_are_masked_and_groups_average_tasks() -> None:
         evaluate_predictions(np.zeros((4, 25)), probs[:4], n_boot=10)
 
 
-def test_evaluate_cli_writes_report_csv_and_thresholds(tmp_path: Path) -> None:
+def test_evaluate_cli_writes_report_csv_and_thresholds(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from agent.cli import main
     from hyperct_core.checkpoint import load_checkpoint, make_card, save_checkpoint
     from hyperct_core.phantoms import write_phantom_dataset
@@ -177,6 +179,15 @@ def test_evaluate_cli_writes_report_csv_and_thresholds(tmp_path: Path) -> None:
             assert task not in card.thresholds and rows[task]["threshold"] == ""
     assert set(card.thresholds) <= {"cardiomegaly", "pleural_effusion"}
     assert card.validated is False
+    # The drift reference: every task's scores over both splits; arrays carry no headers.
+    reference = card.extra["reference_distributions"]
+    assert set(reference["scores"]) == set(card.tasks) and reference["inputs"] == {}
+    cardio = reference["scores"]["cardiomegaly"]
+    assert cardio["n"] == 32 and sum(cardio["proportions"]) == pytest.approx(1.0)
+    assert len(cardio["proportions"]) == len(cardio["edges"]) + 1
+    assert reference["source"]["splits"] == ["test", "val"]
+    assert main(["model", "info", str(tmp_path / "with_thr")]) == 0
+    assert "drift reference: scores of 25 tasks; inputs: none recorded" in capsys.readouterr().out
     # Thresholds chosen on the split that is reported: refused in one line.
     assert main(
         ["model", "evaluate", str(ckpt), str(manifest), "--out", str(out), "--split", "val",
