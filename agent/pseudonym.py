@@ -14,7 +14,7 @@ import hashlib
 import hmac
 import os
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.errors import ConfigError
@@ -24,10 +24,24 @@ _KEY_BYTES = 32
 
 
 @dataclass(frozen=True)
+class PatientIdentity:
+    """The identifiers a pseudonym is made of, as read from a header; never shown.
+
+    Patient ID and Issuer of Patient ID (PS3.3 C.7.1.1), Accession Number
+    (PS3.3 C.7.2.1). Its repr names no value, so a log line or traceback that
+    prints it leaks nothing.
+    """
+
+    patient_id: str | None = field(default=None, repr=False)
+    issuer: str | None = field(default=None, repr=False)
+    accession_number: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
 class Pseudonymizer:
     """Turns identifiers into pseudonyms with one installation key."""
 
-    key: bytes
+    key: bytes = field(repr=False)
 
     def __post_init__(self) -> None:
         if len(self.key) < 16:
@@ -51,6 +65,15 @@ class Pseudonymizer:
             return None
         return self._digest("accession", value)
 
+    def of(self, identity: PatientIdentity | None) -> tuple[str | None, str | None]:
+        """(patient pseudonym, accession pseudonym) of ``identity``; Nones without one."""
+        if identity is None:
+            return None, None
+        return (
+            self.patient(identity.patient_id, identity.issuer),
+            self.accession(identity.accession_number),
+        )
+
 
 def load_pseudonymizer(configured_key: str, storage_root: Path) -> Pseudonymizer:
     """The configured key, else the one under the storage root, created once (0600).
@@ -59,6 +82,8 @@ def load_pseudonymizer(configured_key: str, storage_root: Path) -> Pseudonymizer
     starting together end with one key, never one each.
     """
     if configured_key:
+        if len(configured_key.encode()) < 16:
+            raise ConfigError("[patients] pseudonym_key: at least 16 bytes, or empty for a file")
         return Pseudonymizer(configured_key.encode())
     path = storage_root / KEY_FILE
     try:
@@ -85,7 +110,14 @@ def load_pseudonymizer(configured_key: str, storage_root: Path) -> Pseudonymizer
 
 
 def _read_key(path: Path) -> bytes:
-    text = path.read_text().strip()
+    try:
+        text = path.read_text(encoding="ascii").strip()
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise ConfigError(f"cannot read the patient pseudonym key {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a pseudonym key (hex expected)") from None
     try:
         key = bytes.fromhex(text)
     except ValueError:

@@ -193,6 +193,7 @@ def _start_node(runtime: Any, store: Any) -> Any:
     """The DICOM listener, with its receive path bounded in how long it waits for the database."""
     from agent.node.handlers import NodeHandlers, receive_limits
     from agent.node.server import start_node
+    from agent.pseudonym import load_pseudonymizer
     from agent.send import check_destinations
     from storage.db import make_session_factory
 
@@ -208,6 +209,8 @@ def _start_node(runtime: Any, store: Any) -> Any:
         receive_limits(settings.node),
         # The server-side timeouts answer first; this bounds a server that answers nothing.
         commit_timeout=settings.database.receive_timeout_seconds + _FROZEN_DATABASE_MARGIN,
+        # One key for the node's life: a damaged key file stops the start (ConfigError).
+        pseudonymizer=load_pseudonymizer(settings.patients.pseudonym_key, settings.storage.root),
     )
     check_destinations(settings.destinations)
     try:
