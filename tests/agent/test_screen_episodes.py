@@ -9,12 +9,15 @@ repeat, and its reports say so as ``[referral] repeat_mode`` asks.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pytest
 from pydicom import dcmread
 from sqlalchemy import Engine, func, select, update
 
+from agent.commands.results import _emit
+from agent.commands.studies import format_trail
 from agent.config import Settings
 from agent.pipeline.reporting import ReportFiles
 from agent.pipeline.screen import ClaimedJob, Screener
@@ -22,6 +25,8 @@ from agent.pseudonym import Pseudonymizer
 from agent.report import Findings
 from storage.files import report_rel_path
 from storage.models import Job, JobState, Referral, Series, Study
+from storage.result_list import list_results
+from storage.trail import study_trail
 from tests.agent.conftest import NodeUnderTest, start_test_node
 from tests.agent.report_cases import make_model, probabilities
 from tests.agent.report_tools import parse_measurement_report, walk
@@ -118,6 +123,31 @@ def test_one_referral_per_patient_episode(tmp_path: Path, engine: Engine, mode: 
         assert "previously_recommended_on=2026-01-10" in group.algorithm_parameters
         assert (mode == "suppress") == (group.tracking_identifier or "").startswith(
             "Echocardiography already recommended on 2026-01-10"
+        )
+
+        # The command line reads the same stored episode.
+        words = {
+            "annotate": "echo previously recommended on 2026-01-10",
+            "suppress": "echo already recommended on 2026-01-10, not recommended again",
+        }[mode]
+        with node.sessions() as s:
+            rows = {r.job_id: r for r in list_results(s)}
+            trail = study_trail(s, studies[1][0].StudyInstanceUID)
+        assert (rows[second.id].referral_repeat_of, rows[second.id].referral_repeat_mode) == (
+            "20260110",
+            mode,
+        )
+        table = io.StringIO()
+        _emit(list(rows.values()), "table", None, table)
+        assert words.replace(", not", ": not") in table.getvalue()
+        echo = "rep" if mode == "suppress" else "YES"
+        assert f"{second.id} done       {echo}" in table.getvalue()
+        shown = "\n".join(format_trail(trail))
+        assert f"referral {first.referral_id}: {words}" in shown
+        with node.sessions() as s:
+            first_trail = study_trail(s, studies[0][0].StudyInstanceUID)
+        assert f"referral {first.referral_id} (raised by this screening)" in "\n".join(
+            format_trail(first_trail)
         )
 
         # A re-screening of the repeat keeps its referral; nothing new is raised.
