@@ -30,6 +30,7 @@ COMMAND_MODULES = (
     "explain",
     "results",
     "studies",
+    "referrals",
     "demo",
 )
 
