@@ -55,6 +55,7 @@ from agent.web.health import (
 from agent.web.metrics import build_registry, inference_histogram, time_inference
 from storage import results as queries
 from storage.db import make_session_factory
+from storage.referrals import list_referrals, referred_on
 
 log = get_logger("agent.web")
 
@@ -174,6 +175,13 @@ class Dashboard:
                 return 200, html, body.encode()
             if path == "/failures":
                 body = self.render("failures.html.j2", failures=queries.failures(session))
+                return 200, html, body.encode()
+            if path == "/referrals":
+                rows = [
+                    (referral, cts, referred_on(referral))
+                    for referral, cts in list_referrals(session)
+                ]
+                body = self.render("referrals.html.j2", referrals=rows)
                 return 200, html, body.encode()
             if path == "/throughput":
                 hours = _int(query, "hours", 24, 1, 24 * 14)
