@@ -177,11 +177,11 @@ class Dashboard:
                 body = self.render("failures.html.j2", failures=queries.failures(session))
                 return 200, html, body.encode()
             if path == "/referrals":
-                rows = [
+                referrals = [
                     (referral, cts, referred_on(referral))
                     for referral, cts in list_referrals(session)
                 ]
-                body = self.render("referrals.html.j2", referrals=rows)
+                body = self.render("referrals.html.j2", referrals=referrals)
                 return 200, html, body.encode()
             if path == "/throughput":
                 hours = _int(query, "hours", 24, 1, 24 * 14)
