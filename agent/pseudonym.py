@@ -10,6 +10,7 @@ writing them (surrounding spaces, the case of the issuer) before hashing.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import os
@@ -66,13 +67,20 @@ class Pseudonymizer:
         return self._digest("accession", value)
 
     def of(self, identity: PatientIdentity | None) -> tuple[str | None, str | None]:
-        """(patient pseudonym, accession pseudonym) of ``identity``; Nones without one."""
+        """(patient pseudonym, accession pseudonym) of ``identity``; Nones without one.
+
+        Every instance of a series carries the same identifiers: the last few are
+        remembered (in memory only), so the node hashes once per series, not per image.
+        """
         if identity is None:
             return None, None
-        return (
-            self.patient(identity.patient_id, identity.issuer),
-            self.accession(identity.accession_number),
-        )
+        return self._both(identity.patient_id, identity.issuer, identity.accession_number)
+
+    @functools.lru_cache(maxsize=64)  # noqa: B019 (one Pseudonymizer per process)
+    def _both(
+        self, patient_id: str | None, issuer: str | None, accession: str | None
+    ) -> tuple[str | None, str | None]:
+        return self.patient(patient_id, issuer), self.accession(accession)
 
 
 def load_pseudonymizer(configured_key: str, storage_root: Path) -> Pseudonymizer:

@@ -18,6 +18,7 @@ from agent.logs import configure_logging
 from agent.pseudonym import KEY_FILE, Pseudonymizer, load_pseudonymizer
 from storage.models import Series, Study
 from tests.agent.conftest import start_test_node
+from tests.agent.test_cli import cli, config_for
 from tests.support.ct_series import ct_series, write_series
 
 KEY = Pseudonymizer(b"canary-test-key-" * 2)
@@ -124,3 +125,19 @@ def test_damaged_key_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="at least 16"):
         load_pseudonymizer("short", tmp_path)
     assert "canary" not in repr(Pseudonymizer(b"canary-secret-key-0123"))
+
+
+def test_serve_with_a_damaged_key_stops_in_one_line(tmp_path: Path) -> None:
+    root = tmp_path / "storage"
+    root.mkdir()
+    (root / KEY_FILE).write_text("not a key\n")
+    config = config_for(
+        tmp_path,
+        f"sqlite:///{tmp_path / 'agent.db'}",
+        f'[storage]\nroot = "{root}"\n[node]\nport = 0\n',
+    )
+    proc = cli("serve", "--role", "node", "--config", str(config))
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last == f"hyperct-agent: error: {root / KEY_FILE}: not a pseudonym key (hex expected)"
