@@ -15,7 +15,14 @@ from agent.report import Findings, ReferralDecision, decide
 from agent.report.summary import conclusion
 from agent.report.text import render_sections
 from tests.agent.report_cases import build_and_write, make_model, probabilities, text_sections
-from tests.agent.report_tools import dciodvfy, dsr2html, dsrdump, parse_measurement_report
+from tests.agent.report_tools import (
+    QUALITATIVE_ROW_WARNING,
+    dciodvfy,
+    dsr2html,
+    dsrdump,
+    parse_measurement_report,
+    pixelmed_validate,
+)
 from tests.support.ct_series import ct_series
 
 LV = "reduced_lv_systolic_function"
@@ -95,3 +102,16 @@ def test_every_output_states_the_repeat(source: list[Dataset], tmp_path: Path, m
         assert headline == ALREADY
     text = "".join(render_sections(findings, model, repeat).values())
     assert (repeat.repeat_line() or "") in text
+
+
+@pytest.mark.slow  # PixelMed starts a JVM per document
+@pytest.mark.parametrize("mode", ["annotate", "suppress"])
+def test_repeat_reports_pass_pixelmed(source: list[Dataset], tmp_path: Path, mode: str) -> None:
+    findings, decision = _fired()
+    model = make_model(thresholds={LV: 0.5})
+    for path in build_and_write(
+        source, findings, model, tmp_path, decision=decision.as_repeat("20260110", mode)
+    ):
+        checked = pixelmed_validate(path)
+        assert checked.errors == []
+        assert [w for w in checked.warnings if not QUALITATIVE_ROW_WARNING.match(w)] == []
