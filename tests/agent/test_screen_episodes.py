@@ -16,6 +16,7 @@ import pytest
 from pydicom import dcmread
 from sqlalchemy import Engine, func, select, update
 
+from agent.cli import main
 from agent.commands.results import _emit
 from agent.commands.studies import format_trail
 from agent.config import Settings
@@ -65,7 +66,9 @@ def _job_of(node: NodeUnderTest, study_uid: str) -> Job:
 
 
 @pytest.mark.parametrize("mode", ["annotate", "suppress"])
-def test_one_referral_per_patient_episode(tmp_path: Path, engine: Engine, mode: str) -> None:
+def test_one_referral_per_patient_episode(
+    tmp_path: Path, engine: Engine, mode: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     node = start_test_node(tmp_path, engine, pseudonymizer=KEY)
     patient = {"PatientID": "EPISODE-1", "IssuerOfPatientID": "H"}
     studies = [
@@ -149,6 +152,23 @@ def test_one_referral_per_patient_episode(tmp_path: Path, engine: Engine, mode: 
         assert f"referral {first.referral_id} (raised by this screening)" in "\n".join(
             format_trail(first_trail)
         )
+
+        config = tmp_path / "agent.toml"
+        url = engine.url.render_as_string(hide_password=False)
+        config.write_text(
+            f'[database]\nurl = "{url}"\n[storage]\nroot = "{node.store.root}"\n'
+            '[logging]\nformat = "json"\nlevel = "warning"\n'
+        )
+        capsys.readouterr()
+        assert main(["explain", studies[1][0].StudyInstanceUID, "--config", str(config)]) == 0
+        explained = capsys.readouterr().out
+        said = {
+            "annotate": f"echo referral: recommended (referral {first.referral_id}), fired by {LV}"
+            "; Echocardiography previously recommended on 2026-01-10",
+            "suppress": "echo referral: Echocardiography already recommended on 2026-01-10: "
+            f"not recommended again (referral {first.referral_id}); fired by {LV}",
+        }[mode]
+        assert said in explained, explained
 
         # A re-screening of the repeat keeps its referral; nothing new is raised.
         _screen(node, screener, second.id)
