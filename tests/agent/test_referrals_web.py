@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import urllib.request
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -61,3 +62,32 @@ def test_referrals_page_and_gauge(engine: Engine, dashboard: Dashboard) -> None:
         "declined": 1.0,
         "not_indicated": 0.0,
     }
+
+
+@pytest.mark.parametrize("mode", ["annotate", "suppress"])
+def test_study_page_states_the_episode(engine: Engine, dashboard: Dashboard, mode: str) -> None:
+    with make_session_factory(engine).begin() as s:
+        study = Study(
+            study_instance_uid="1.2.8.1", study_date="20260501", patient_pseudonym="f" * 64
+        )
+        series = Series(study=study, series_instance_uid="1.2.8.1.1")
+        job = Job(
+            series=series,
+            echo_referral=True,
+            referral_tasks=["cardiomegaly"],
+            referral_rule={
+                "thresholds": {"cardiomegaly": 0.5},
+                "repeat": {"of": "20260110", "mode": mode},
+            },
+            screened_at=datetime.now(UTC),
+            model_version="1.0",
+        )
+        s.add_all([study, series, job])
+        s.flush()
+        rid = link_referral(s, job.id, ["cardiomegaly"], repeat_days=365).referral_id
+    page = _get(dashboard, "/studies/1.2.8.1")
+    assert f"referral {rid}" in page
+    if mode == "suppress":
+        assert "already recommended on 2026-01-10, not again" in page
+    else:
+        assert "(previously recommended on 2026-01-10)" in page
