@@ -25,7 +25,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
 
-from sqlalchemy import JSON, Float, Table, bindparam, case, cast, func, select, update
+from sqlalchemy import JSON, Float, Table, bindparam, case, cast, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
@@ -414,17 +414,21 @@ def _fill_pseudonyms(session: Session, rec: InstanceRecord) -> None:
     Runs on the new-series path only (never per instance); a pseudonym already
     set is never changed.
     """
+    if rec.patient_pseudonym is None and rec.accession_pseudonym is None:
+        return
     s = _studies.c
-    for column, value in (
-        (s.patient_pseudonym, rec.patient_pseudonym),
-        (s.accession_pseudonym, rec.accession_pseudonym),
-    ):
-        if value is not None:
-            session.execute(
-                update(_studies)
-                .where(s.study_instance_uid == rec.study_instance_uid, column.is_(None))
-                .values({column.key: value})
-            )
+    # One statement; it touches (and locks) the row only when a pseudonym is missing.
+    session.execute(
+        update(_studies)
+        .where(
+            s.study_instance_uid == rec.study_instance_uid,
+            or_(s.patient_pseudonym.is_(None), s.accession_pseudonym.is_(None)),
+        )
+        .values(
+            patient_pseudonym=func.coalesce(s.patient_pseudonym, rec.patient_pseudonym),
+            accession_pseudonym=func.coalesce(s.accession_pseudonym, rec.accession_pseudonym),
+        )
+    )
 
 
 def _update_series(conn: Connection, params: dict[str, Any], rec: InstanceRecord) -> None:
