@@ -32,6 +32,7 @@ COMMAND_MODULES = (
     "studies",
     "outcomes",
     "backfill",
+    "referrals",
     "demo",
     "monitor",
 )

@@ -10,11 +10,12 @@ writing them (surrounding spaces, the case of the issuer) before hashing.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import os
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.errors import ConfigError
@@ -24,10 +25,24 @@ _KEY_BYTES = 32
 
 
 @dataclass(frozen=True)
+class PatientIdentity:
+    """The identifiers a pseudonym is made of, as read from a header; never shown.
+
+    Patient ID and Issuer of Patient ID (PS3.3 C.7.1.1), Accession Number
+    (PS3.3 C.7.2.1). Its repr names no value, so a log line or traceback that
+    prints it leaks nothing.
+    """
+
+    patient_id: str | None = field(default=None, repr=False)
+    issuer: str | None = field(default=None, repr=False)
+    accession_number: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
 class Pseudonymizer:
     """Turns identifiers into pseudonyms with one installation key."""
 
-    key: bytes
+    key: bytes = field(repr=False)
 
     def __post_init__(self) -> None:
         if len(self.key) < 16:
@@ -51,6 +66,22 @@ class Pseudonymizer:
             return None
         return self._digest("accession", value)
 
+    def of(self, identity: PatientIdentity | None) -> tuple[str | None, str | None]:
+        """(patient pseudonym, accession pseudonym) of ``identity``; Nones without one.
+
+        Every instance of a series carries the same identifiers: the last few are
+        remembered (in memory only), so the node hashes once per series, not per image.
+        """
+        if identity is None:
+            return None, None
+        return self._both(identity.patient_id, identity.issuer, identity.accession_number)
+
+    @functools.lru_cache(maxsize=64)  # noqa: B019 (one Pseudonymizer per process)
+    def _both(
+        self, patient_id: str | None, issuer: str | None, accession: str | None
+    ) -> tuple[str | None, str | None]:
+        return self.patient(patient_id, issuer), self.accession(accession)
+
 
 def load_pseudonymizer(configured_key: str, storage_root: Path) -> Pseudonymizer:
     """The configured key, else the one under the storage root, created once (0600).
@@ -59,6 +90,8 @@ def load_pseudonymizer(configured_key: str, storage_root: Path) -> Pseudonymizer
     starting together end with one key, never one each.
     """
     if configured_key:
+        if len(configured_key.encode()) < 16:
+            raise ConfigError("[patients] pseudonym_key: at least 16 bytes, or empty for a file")
         return Pseudonymizer(configured_key.encode())
     path = storage_root / KEY_FILE
     try:
@@ -85,7 +118,14 @@ def load_pseudonymizer(configured_key: str, storage_root: Path) -> Pseudonymizer
 
 
 def _read_key(path: Path) -> bytes:
-    text = path.read_text().strip()
+    try:
+        text = path.read_text(encoding="ascii").strip()
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise ConfigError(f"cannot read the patient pseudonym key {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a pseudonym key (hex expected)") from None
     try:
         key = bytes.fromhex(text)
     except ValueError:

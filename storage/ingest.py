@@ -25,7 +25,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
 
-from sqlalchemy import JSON, Float, Table, bindparam, case, cast, func, select, update
+from sqlalchemy import JSON, Float, Table, bindparam, case, cast, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
@@ -95,13 +95,25 @@ class InstanceRecord:
     contrast_agent: str | None = None
     number_of_frames: int | None = None
     requested_procedure: str | None = None
+    # Study level: keyed pseudonyms (64 hex digits) made by the caller; never
+    # the identifiers themselves.
+    patient_pseudonym: str | None = None
+    accession_pseudonym: str | None = None
+    # Series level (PS3.3 C.7.5.1, C.8.2.1): from the series' first instance.
+    manufacturer: str | None = None
+    kvp: float | None = None
+    convolution_kernel: str | None = None
 
     def __post_init__(self) -> None:
         for name, n in (("image_position", 3), ("image_orientation", 6), ("pixel_spacing", 2)):
             value = getattr(self, name)
             if value is not None and (len(value) != n or not all(map(_finite, value))):
                 raise InvalidRecord(f"{name} must be {n} finite numbers, got {value!r}")
-        for name in ("slice_thickness", "slice_position"):
+        for name in ("patient_pseudonym", "accession_pseudonym"):
+            value = getattr(self, name)
+            if value is not None and not _SHA256_RE.match(value):
+                raise InvalidRecord(f"{name} must be 64 lowercase hex digits")
+        for name in ("slice_thickness", "slice_position", "kvp"):
             value = getattr(self, name)
             if value is not None and not _finite(value):
                 raise InvalidRecord(f"{name} must be a finite number, got {value!r}")
@@ -351,11 +363,14 @@ def _create_series(session: Session, rec: InstanceRecord, insert: Any) -> None:
             study_instance_uid=rec.study_instance_uid,
             study_date=_fit(rec.study_date, 16),
             study_description=_fit(rec.study_description, 64),
+            patient_pseudonym=rec.patient_pseudonym,
+            accession_pseudonym=rec.accession_pseudonym,
             created_at=now,
             updated_at=now,
         )
         .on_conflict_do_nothing(index_elements=["study_instance_uid"])
     )
+    _fill_pseudonyms(session, rec)
     study_id = (
         select(_studies.c.id)
         .where(_studies.c.study_instance_uid == rec.study_instance_uid)
@@ -375,6 +390,9 @@ def _create_series(session: Session, rec: InstanceRecord, insert: Any) -> None:
             protocol_name=_fit(rec.protocol_name, 64),
             contrast_agent=_fit(rec.contrast_agent, 64),
             requested_procedure=_fit(rec.requested_procedure, 64),
+            manufacturer=_fit(rec.manufacturer, 64),
+            kvp=rec.kvp,
+            convolution_kernel=_fit(rec.convolution_kernel, 64),
         )
         .on_conflict_do_nothing(index_elements=["series_instance_uid"])
     )
@@ -387,6 +405,29 @@ def _create_series(session: Session, rec: InstanceRecord, insert: Any) -> None:
         insert(_jobs)
         .values(series_id=series_id, state=JobState.RECEIVING)
         .on_conflict_do_nothing(index_elements=["series_id"])
+    )
+
+
+def _fill_pseudonyms(session: Session, rec: InstanceRecord) -> None:
+    """Give a known study the pseudonyms it lacks: an earlier series came without them.
+
+    Runs on the new-series path only (never per instance); a pseudonym already
+    set is never changed.
+    """
+    if rec.patient_pseudonym is None and rec.accession_pseudonym is None:
+        return
+    s = _studies.c
+    # One statement; it touches (and locks) the row only when a pseudonym is missing.
+    session.execute(
+        update(_studies)
+        .where(
+            s.study_instance_uid == rec.study_instance_uid,
+            or_(s.patient_pseudonym.is_(None), s.accession_pseudonym.is_(None)),
+        )
+        .values(
+            patient_pseudonym=func.coalesce(s.patient_pseudonym, rec.patient_pseudonym),
+            accession_pseudonym=func.coalesce(s.accession_pseudonym, rec.accession_pseudonym),
+        )
     )
 
 

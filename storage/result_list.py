@@ -68,6 +68,12 @@ class ResultRow:
     echo_referral: bool | None
     referral_tasks: list[str] = field(default_factory=list)
     flagged_tasks: list[str] = field(default_factory=list)
+    # The patient's referral episode (storage.referrals): its ID, and for a repeat
+    # the day the echo was first recommended and what the outputs did ("annotate",
+    # or "suppress": not recommended again), as stored at screening.
+    referral_id: int | None = None
+    referral_repeat_of: str | None = None
+    referral_repeat_mode: str | None = None
     # task name -> probability, in the model's task order
     probabilities: dict[str, float] = field(default_factory=dict)
 
@@ -105,6 +111,7 @@ def list_results(session: Session, flt: ResultFilter = ResultFilter()) -> list[R
     out = []
     for job, series, study in rows:
         mine = results.get(job.id, [])
+        repeat = (job.referral_rule or {}).get("repeat") or {}
         out.append(
             ResultRow(
                 job_id=job.id,
@@ -124,6 +131,9 @@ def list_results(session: Session, flt: ResultFilter = ResultFilter()) -> list[R
                 echo_referral=job.echo_referral,
                 referral_tasks=list(job.referral_tasks or []),
                 flagged_tasks=[r.task_name for r in mine if r.flagged],
+                referral_id=job.referral_id,
+                referral_repeat_of=repeat.get("of"),
+                referral_repeat_mode=repeat.get("mode"),
                 probabilities={r.task_name: r.probability for r in mine},
             )
         )
@@ -165,8 +175,11 @@ CSV_COLUMNS = (
     "echo_referral",
     "referral_tasks",
     "flagged_tasks",
+    "referral_id",
+    "referral_repeat_of",
+    "referral_repeat_mode",
 )
-_INTS = {"job_id", "series_number", "instances", "attempts"}
+_INTS = {"job_id", "series_number", "instances", "attempts", "referral_id"}
 _TIMES = {"received_at", "screened_at"}
 _LISTS = {"referral_tasks", "flagged_tasks"}
 

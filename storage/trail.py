@@ -79,6 +79,9 @@ class SeriesTrail:
     image_check: str | None = None  # the blood-pool check before screening
     #: The referral rule as applied at screening: ``task>=threshold`` each.
     referral_rule: list[str] = field(default_factory=list)
+    #: The patient's referral episode, and for a repeat {"of": DA, "mode": ...} as stored.
+    referral_id: int | None = None
+    referral_repeat: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -223,6 +226,8 @@ def study_trail(session: Session, study_instance_uid: str) -> StudyTrail | None:
                 reports=reports,
                 image_check=job.image_check if job else None,
                 referral_rule=_rule(job.referral_rule if job else None),
+                referral_id=job.referral_id if job else None,
+                referral_repeat=_repeat(job.referral_rule if job else None),
             )
         )
     # Audit rows name a study, one of its series or one of its reports; they are
@@ -263,3 +268,8 @@ def _rule(stored: dict[str, Any] | None) -> list[str]:
     """The stored rule (``jobs.referral_rule``) as ``task>=threshold`` strings."""
     thresholds = (stored or {}).get("thresholds") or {}
     return [f"{task}>={float(value):g}" for task, value in thresholds.items()]
+
+
+def _repeat(stored: dict[str, Any] | None) -> dict[str, Any]:
+    """A repeat in the patient's episode as stored with the rule: {"of", "mode"}, else {}."""
+    return dict((stored or {}).get("repeat") or {})

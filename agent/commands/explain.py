@@ -98,14 +98,26 @@ def _from_database(uid: str, config: Path | None) -> tuple[list[Any], str | None
             if not facts:
                 raise AgentError(f"no series or study with UID {uid!r} in the database")
             jobs = {
-                series_uid: JobNote(str(getattr(state, "value", state)), reason, error, image)
-                for series_uid, state, reason, error, image in session.execute(
+                row.series_instance_uid: JobNote(
+                    str(getattr(row.state, "value", row.state)),
+                    row.reason,
+                    row.last_error,
+                    row.image_check,
+                    referral_words(
+                        row.echo_referral, row.referral_tasks, row.referral_rule, row.referral_id
+                    ),  # fmt: skip
+                )
+                for row in session.execute(
                     select(
                         Series.series_instance_uid,
                         Job.state,
                         Job.reason,
                         Job.last_error,
                         Job.image_check,
+                        Job.echo_referral,
+                        Job.referral_tasks,
+                        Job.referral_rule,
+                        Job.referral_id,
                     )
                     .join(Job, Job.series_id == Series.id)
                     .where(Series.series_instance_uid.in_([f.series_instance_uid for f in facts]))
@@ -119,3 +131,22 @@ def _from_database(uid: str, config: Path | None) -> tuple[list[Any], str | None
         facts, jobs, settings.completeness, settings.eligibility, datetime.now(UTC)
     )
     return studies, (uid if only_series else None)
+
+
+def referral_words(
+    echo: bool | None, tasks: list[str] | None, rule: dict[str, Any] | None, referral: int | None
+) -> str | None:
+    """The referral decided at screening, as every output words it; None before screening."""
+    if echo is None:
+        return None
+    if not echo:
+        return "no echocardiography referral"
+    from agent.report.referral import ReferralDecision
+
+    decision = ReferralDecision.from_stored(tasks, rule)
+    episode = f" (referral {referral})" if referral is not None else ""
+    fired = ", ".join(decision.fired)
+    if decision.suppressed:
+        return f"{decision.repeat_line()}{episode}; fired by {fired}"
+    repeat = f"; {decision.repeat_line()}" if decision.repeat else ""
+    return f"recommended{episode}, fired by {fired}{repeat}"

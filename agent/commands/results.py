@@ -119,6 +119,8 @@ def _emit(rows: list[Any], fmt: str, task: str | None, out: Any) -> None:
     for r in rows:
         received = r.received_at.strftime("%Y-%m-%d %H:%M") if r.received_at else "-"
         echo = "-" if r.echo_referral is None else ("YES" if r.echo_referral else "no")
+        if r.echo_referral and r.referral_repeat_mode == "suppress":
+            echo = "rep"  # recommended before in this episode: not again
         p = ""
         if task:
             value = r.probabilities.get(task)
@@ -129,9 +131,20 @@ def _emit(rows: list[Any], fmt: str, task: str | None, out: Any) -> None:
             detail = f"flagged {len(r.flagged_tasks)}: " + (_few(r.flagged_tasks) or "none")
         else:
             detail = r.last_error or r.reason or ""
+        if r.echo_referral and r.referral_repeat_of:
+            detail += f"; {_repeat_words(r.referral_repeat_of, r.referral_repeat_mode)}"
         print(f"{received:<16} {r.job_id:>5} {r.state:<10} {echo:<4}{p}  {r.study_instance_uid}",
               file=out)  # fmt: skip
         print(f"{'':<16} {'':>5} {'':<10} {'':<4}{' ' * len(p)}  {series}: {detail}", file=out)
+
+
+def _repeat_words(referred_on: str, mode: str | None) -> str:
+    from agent.report.referral import readable_date
+
+    day = readable_date(referred_on)
+    if mode == "suppress":
+        return f"echo already recommended on {day}: not recommended again"
+    return f"echo previously recommended on {day}"
 
 
 def _few(names: list[str], shown: int = 4) -> str:

@@ -193,10 +193,13 @@ def _start_node(runtime: Any, store: Any) -> Any:
     """The DICOM listener, with its receive path bounded in how long it waits for the database."""
     from agent.node.handlers import NodeHandlers, receive_limits
     from agent.node.server import start_node
+    from agent.pseudonym import load_pseudonymizer
     from agent.send import check_destinations
     from storage.db import make_session_factory
 
     settings = runtime.settings
+    # One key for the node's life: a damaged key file stops the start (ConfigError).
+    pseudonymizer = load_pseudonymizer(settings.patients.pseudonym_key, settings.storage.root)
     # The receive path waits a bounded time for the database: a C-STORE is refused, not held.
     receive_sessions = make_session_factory(
         runtime.engine, timeout_seconds=settings.database.receive_timeout_seconds
@@ -208,7 +211,8 @@ def _start_node(runtime: Any, store: Any) -> Any:
         receive_limits(settings.node),
         # The server-side timeouts answer first; this bounds a server that answers nothing.
         commit_timeout=settings.database.receive_timeout_seconds + _FROZEN_DATABASE_MARGIN,
-        echo_reports=_echo_report_intake(settings, store),
+        echo_reports=_echo_report_intake(settings, store, pseudonymizer),
+        pseudonymizer=pseudonymizer,
     )
     check_destinations(settings.destinations)
     try:
@@ -219,14 +223,12 @@ def _start_node(runtime: Any, store: Any) -> Any:
         ) from None
 
 
-def _echo_report_intake(settings: Any, store: Any) -> Any:
+def _echo_report_intake(settings: Any, store: Any, pseudonyms: Any) -> Any:
     """The intake of echo SRs when ``[outcomes] accept_echo_sr`` (else None: not accepted)."""
     if not settings.outcomes.accept_echo_sr:
         return None
     from agent.outcomes.intake import EchoReportIntake
-    from agent.pseudonym import load_pseudonymizer
 
-    pseudonyms = load_pseudonymizer(settings.patients.pseudonym_key, settings.storage.root)
     return EchoReportIntake(store, pseudonyms, settings.outcomes.match_days)
 
 

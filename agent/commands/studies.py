@@ -128,6 +128,8 @@ def format_trail(trail: Any, patient: dict[str, str] | None = None) -> list[str]
             lines.append(
                 f"  echo referral: {'YES' if s.echo_referral else 'no'} (fired by {fired})"
             )
+            if s.referral_id is not None:
+                lines.append(f"  referral {s.referral_id}{_repeat(s.referral_repeat)}")
             if s.referral_rule:  # as decided at screening, whatever the rule is now
                 lines.append(f"  referral rule: {', '.join(s.referral_rule)}")
         if s.results:
@@ -160,3 +162,15 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, datetime):
         return value.isoformat()
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def _repeat(repeat: dict[str, Any]) -> str:
+    """How a screening stands in its patient's episode, as stored at screening."""
+    if not repeat.get("of"):
+        return " (raised by this screening)"
+    from agent.report.referral import readable_date
+
+    day = readable_date(repeat["of"])
+    if repeat.get("mode") == "suppress":
+        return f": echo already recommended on {day}, not recommended again"
+    return f": echo previously recommended on {day}"

@@ -1,7 +1,9 @@
 """What the agent reads from an instance's header (never its pixels).
 
 Only identifiers of the study hierarchy and the geometry needed later to
-judge series completeness are read; patient attributes are left alone. The
+judge series completeness are read, and of the patient only what a keyed
+pseudonym is made of (Patient ID, its issuer, Accession Number), held apart
+in a :class:`~agent.pseudonym.PatientIdentity` that never prints. The
 same reading serves a received C-STORE dataset and a file (via
 :mod:`agent.dicom.part10`).
 
@@ -12,7 +14,7 @@ cheap (:mod:`agent.dicom.pixel_checks`).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from io import BytesIO
 from typing import BinaryIO
 
@@ -27,6 +29,7 @@ from agent.dicom.limits import DEFAULT_LIMITS, ReceiveLimits
 from agent.dicom.pixel_checks import check_pixel_data
 from agent.dicom.uid import checked_uid
 from agent.dicom.values import first_item, floats, integer, multi_text, text
+from agent.pseudonym import PatientIdentity
 
 # The identifying UIDs, in the order they are checked, with their attribute keywords.
 _UID_FIELDS = (
@@ -67,10 +70,17 @@ class InstanceHeader:
     contrast_agent: str | None = None
     number_of_frames: int | None = None
     requested_procedure: str | None = None
+    # Acquisition characteristics (PS3.3 C.7.5.1 General Equipment, C.8.2.1 CT Image).
+    manufacturer: str | None = None
+    kvp: float | None = None
+    convolution_kernel: str | None = None
+    # What the patient's pseudonyms are made of: hashed before anything is stored,
+    # never printed (no repr, not compared).
+    identity: PatientIdentity | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        for field, keyword in _UID_FIELDS:
-            checked_uid(getattr(self, field), keyword)
+        for name, keyword in _UID_FIELDS:
+            checked_uid(getattr(self, name), keyword)
 
     @property
     def slice_position(self) -> float | None:
@@ -109,6 +119,13 @@ _HEADER_TAGS: list[BaseTag | int] = [
         "NumberOfFrames",
         "RequestAttributesSequence",
         "RequestedProcedureDescription",
+        "Manufacturer",
+        "KVP",
+        "ConvolutionKernel",
+        # Hashed into pseudonyms at once (agent.pseudonym); never kept as read.
+        "PatientID",
+        "IssuerOfPatientID",
+        "AccessionNumber",
         # Image Pixel Module (PS3.3 C.7.6.3): what the Pixel Data must hold.
         "SamplesPerPixel",
         "Rows",
@@ -209,7 +226,22 @@ def _from_dataset(ds: Dataset) -> InstanceHeader:
         contrast_agent=text(ds, "ContrastBolusAgent"),
         number_of_frames=integer(ds, "NumberOfFrames"),
         requested_procedure=_requested_procedure(ds),
+        manufacturer=text(ds, "Manufacturer"),
+        kvp=_kvp(ds),
+        convolution_kernel=multi_text(ds, "ConvolutionKernel"),
+        identity=PatientIdentity(
+            text(ds, "PatientID"), text(ds, "IssuerOfPatientID"), text(ds, "AccessionNumber")
+        ),
     )
+
+
+def _kvp(ds: Dataset) -> float | None:
+    """KVP (0018,0060), DS; None when absent, malformed or multi-valued."""
+    try:
+        value = floats(ds, "KVP", 1)
+    except Exception:  # an optional descriptor must not refuse the instance
+        return None
+    return value[0] if value else None
 
 
 def _requested_procedure(ds: Dataset) -> str | None:

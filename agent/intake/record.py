@@ -6,6 +6,7 @@ from datetime import datetime
 
 from agent.dicom.header import InstanceHeader
 from agent.dicom.uid import checked_uid
+from agent.pseudonym import Pseudonymizer
 from storage.ingest import InstanceRecord
 
 
@@ -18,13 +19,19 @@ def instance_record(
     sha256: str,
     calling_ae: str | None,
     received_at: datetime,
+    pseudonymizer: Pseudonymizer | None = None,
 ) -> InstanceRecord:
     """``header`` as storage records it, with where and how its bytes were kept.
 
     The header's UIDs passed the one UID rule when it was built; the
     transfer syntax is held to the same rule (PS3.5 9.1) here, so storage
-    never sees a UID the agent would refuse.
+    never sees a UID the agent would refuse. The patient's identifiers
+    become keyed pseudonyms here (none without ``pseudonymizer``): storage
+    never sees them.
     """
+    patient, accession = (
+        pseudonymizer.of(header.identity) if pseudonymizer is not None else (None, None)
+    )
     return InstanceRecord(
         study_instance_uid=header.study_instance_uid,
         series_instance_uid=header.series_instance_uid,
@@ -53,4 +60,9 @@ def instance_record(
         contrast_agent=header.contrast_agent,
         requested_procedure=header.requested_procedure,
         number_of_frames=header.number_of_frames,
+        patient_pseudonym=patient,
+        accession_pseudonym=accession,
+        manufacturer=header.manufacturer,
+        kvp=header.kvp,
+        convolution_kernel=header.convolution_kernel,
     )

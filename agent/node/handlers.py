@@ -36,6 +36,7 @@ from agent.logs import get_logger
 from agent.node import status
 from agent.node.guards import rejection_reason
 from agent.node.transport import on_connection_open, on_dimse_received
+from agent.pseudonym import Pseudonymizer
 from storage.audit import audit
 from storage.errors import InvalidRecord, StorageError
 from storage.files import InstanceStore, OutOfSpace, StagedFile, derived_rel_path
@@ -75,8 +76,11 @@ class NodeHandlers:
         limits: ReceiveLimits = DEFAULT_LIMITS,
         commit_timeout: float | None = None,
         echo_reports: EchoReportIntake | None = None,
+        pseudonymizer: Pseudonymizer | None = None,
     ) -> None:
         self.store = store
+        # Built once at start from the installation key; None records no pseudonyms.
+        self.pseudonymizer = pseudonymizer
         # Echo SRs (TID 5200) go to the outcome intake instead of the instance store.
         self.echo_reports = echo_reports
         self._echo_sop_classes: tuple[str, ...] = ()
@@ -294,6 +298,7 @@ class NodeHandlers:
                 sha256=staged.sha256,
                 calling_ae=calling_ae,
                 received_at=datetime.now(UTC),
+                pseudonymizer=self.pseudonymizer,
             )
         except InvalidIdentifier as exc:
             log.warning("instance refused", reason=str(exc), calling_ae=calling_ae)

@@ -45,6 +45,7 @@ from storage.audit import audit
 from storage.files import InstanceStore
 from storage.models import Instance, Job, JobState, Report, Result, Series
 from storage.queue import claim_jobs, fail_job, finish_job, requeue_stale_jobs, skip_job
+from storage.referrals import ReferralLink, link_referral
 from storage.types import utcnow
 
 log = get_logger("agent.screen")
@@ -319,12 +320,17 @@ class Screener:
         revision = job.revision + 1
         job.revision = revision
         started = time.monotonic()
+        decision = job.referral or decide(findings)
+        link = self._episode(job, decision) if decision.fired else None
+        if link is not None and link.repeat:
+            decision = decision.as_repeat(link.referred_on, self.settings.referral.repeat_mode)
+        # The reports quote the decision with its place in the patient's episode.
+        job.referral = decision
         try:
             written = self.write_reports(job, findings, model)
         except Exception as exc:
             self._fail(job, f"report building failed: {type(exc).__name__}: {exc}", retry=True)
             return 0
-        decision = job.referral or decide(findings)
         fired = list(decision.fired)
         with self.sessions.begin() as session:
             session.execute(delete(Result).where(Result.job_id == job.job_id))
@@ -376,6 +382,8 @@ class Screener:
             job=job.job_id,
             echo_referral=bool(fired),
             referral_tasks=",".join(fired) or None,
+            referral=link.referral_id if link else None,
+            referral_repeat=link.repeat if link else None,
             reports=len(written),
             report_seconds=round(time.monotonic() - started, 3),
         )
@@ -385,6 +393,20 @@ class Screener:
                 "reports leave out invalid source attributes", job=job.job_id, omitted=omitted
             )
         return 1
+
+    def _episode(self, job: ClaimedJob, decision: ReferralDecision) -> ReferralLink:
+        """The patient's referral this fired screening belongs to (raised now if none).
+
+        Committed before the reports are built, so they can say "previously
+        recommended"; a re-screening of the job finds it linked and keeps it.
+        """
+        with self.sessions.begin() as session:
+            return link_referral(
+                session,
+                job.job_id,
+                list(decision.fired),
+                repeat_days=self.settings.referral.repeat_days,
+            )
 
     @staticmethod
     def _audit_omissions(session: Session, job: ClaimedJob) -> str | None:

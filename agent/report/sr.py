@@ -7,9 +7,12 @@ Content tree (every container SEPARATE, so a renderer names each item)::
       Procedure reported: CT unspecified body region (LOINC 25045-6, CID 100)
       Imaging Measurements
         an echo referral group, first, only when the rule fires:
-          Recommended Follow-up = Transthoracic echocardiography
+          Recommended Follow-up = Transthoracic echocardiography (left out for a
+            suppressed repeat: the echo is not recommended again)
           <finding type of each triggering task> = Present
-          algorithm parameters: the rule and the triggering task names
+          algorithm parameters: the rule and the triggering task names; for a
+            repeat in the patient's episode, previously_recommended_on=DATE and
+            repeat_mode, with the tracking identifier saying so in words
         one Measurement Group (TID 1501) per task, study-level (no image regions):
           tracking identifier (finding name) and tracking unique identifier
           finding type, finding site where the task has one
@@ -38,7 +41,7 @@ from pydicom.valuerep import DS
 from agent import __version__
 from agent.report import codes as rc
 from agent.report.inputs import Findings, ModelIdentity, ReportInputError
-from agent.report.referral import ReferralDecision, decision_for
+from agent.report.referral import ReferralDecision, decision_for, readable_date
 from agent.report.source import carried_source
 from agent.report.uids import ReportUIDs
 from hyperct_core.tasks import task_by_name
@@ -179,16 +182,27 @@ class EchoReferralGroup(hd.sr.MeasurementsAndQualitativeEvaluations):
         triggering = decision.fired
         if not triggering:
             raise ReportInputError("echo referral group: the rule did not fire")
+        parameters = [
+            "rule=any referral task probability >= its threshold",
+            *decision.parameters(),
+            f"triggered_by={','.join(triggering)}",
+        ]
+        if decision.repeat:
+            # TID 1501 has no row for a date: the episode is stated as parameters (TID 4019).
+            parameters += [
+                f"previously_recommended_on={readable_date(decision.repeat_of)}",
+                f"repeat_mode={decision.repeat_mode}",
+            ]
         algorithm = hd.sr.AlgorithmIdentification(
-            name=REFERRAL_ALGORITHM,
-            version=model.version,
-            parameters=[
-                "rule=any referral task probability >= its threshold",
-                *decision.parameters(),
-                f"triggered_by={','.join(triggering)}",
-            ],
+            name=REFERRAL_ALGORITHM, version=model.version, parameters=parameters
         )
-        evaluations = [hd.sr.QualitativeEvaluation(rc.RECOMMENDED_FOLLOW_UP, rc.TRANSTHORACIC_ECHO)]
+        # A suppressed repeat recommends nothing: no Recommended Follow-up row, and a
+        # tracking name that says the echo was recommended before.
+        evaluations = (
+            []
+            if decision.suppressed
+            else [hd.sr.QualitativeEvaluation(rc.RECOMMENDED_FOLLOW_UP, rc.TRANSTHORACIC_ECHO)]
+        )
         # Each trigger as "<finding> = Present", the same statement as in its task group.
         # Not as "Finding = <code>": DCM 121071 "Finding" is TID 1501's finding type row.
         evaluations += [
@@ -198,7 +212,7 @@ class EchoReferralGroup(hd.sr.MeasurementsAndQualitativeEvaluations):
         super().__init__(
             tracking_identifier=hd.sr.TrackingIdentifier(
                 uid=uids.tracking_uid("echo-referral"),
-                identifier=REFERRAL_TRACKING_NAME,
+                identifier=decision.repeat_line() or REFERRAL_TRACKING_NAME,
             ),
             algorithm_id=algorithm,
             qualitative_evaluations=evaluations,
@@ -247,7 +261,7 @@ def measurement_report(
     # The referral is the conclusion: first, so a reader of the tree meets it first.
     groups: list[hd.sr.MeasurementsAndQualitativeEvaluations] = []
     decided = decision_for(findings, decision)
-    if decided.recommended:
+    if decided.fired:
         groups.append(EchoReferralGroup(decided, model, uids))
     groups += [TaskMeasurementGroup(task, findings, model, uids) for task in findings.task_names]
     report = hd.sr.MeasurementReport(

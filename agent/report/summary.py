@@ -203,6 +203,11 @@ def conclusion(findings: Findings, decision: ReferralDecision | None = None) -> 
             f"\u2265 threshold {threshold[t]:.2f}"
             for t in fired
         )
+        repeat = decided.repeat_line()
+        if decided.suppressed and repeat:
+            return repeat, f"Why: {why}; one referral per patient episode."
+        if repeat:
+            return f"Echocardiography recommended: {names}", f"Why: {why}. {repeat}."
         return f"Echocardiography recommended: {names}", f"Why: {why}."
     if not decided.assessed:
         # As the readable report says it: not assessed is no "no".

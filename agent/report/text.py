@@ -33,7 +33,7 @@ from pydicom.sr.coding import Code
 
 from agent.report import codes as rc
 from agent.report.inputs import Findings, ModelIdentity
-from agent.report.referral import ReferralDecision, decision_for
+from agent.report.referral import ReferralDecision, decision_for, readable_date
 from agent.report.sr import (
     DEMO_MARK,
     NOT_VERIFIED,
@@ -93,6 +93,9 @@ def _context(
         "triggering": [_row(findings, t) for t in decided.fired],
         "referral": [_row(findings, t) for t in decided.assessed],
         "referral_unassessed": [task_by_name(t).display_name for t in decided.unassessed],
+        "repeat_line": decided.repeat_line(),
+        "suppressed": decided.suppressed,
+        "repeat_date": readable_date(decided.repeat_of) if decided.repeat else None,
         "model_name": model.name,
         "model_version": model.version,
         "is_demo": model.is_demo,

@@ -46,6 +46,8 @@ class JobNote:
     last_error: str | None = None
     # The image check before screening (blood-pool HU), when it ran.
     image_check: str | None = None
+    # The echo referral as stored at screening, in words (None before screening).
+    referral: str | None = None
 
     @property
     def contrast_by_image(self) -> bool:
@@ -63,6 +65,7 @@ class SeriesDecision:
     # What the sweep would decide now, when that is not ``state``/``reason``.
     next_sweep: str | None = None
     image_check: str | None = None
+    referral: str | None = None
 
 
 @dataclass(frozen=True)
@@ -161,6 +164,7 @@ def decide_stored(
                     "stored",
                     last_error=job.last_error,
                     image_check=job.image_check,
+                    referral=job.referral,
                     next_sweep=_next_sweep(f, verdict, job, members, jobs),
                 )
             )
@@ -254,6 +258,8 @@ def _render_series(d: SeriesDecision) -> list[str]:
         lines.append(f"    last error: {d.last_error}")
     if d.image_check:
         lines.append(f"    image check: {d.image_check}")
+    if d.referral:
+        lines.append(f"    echo referral: {d.referral}")
     lines += [
         f"    instances {f.instance_count}, frames {f.number_of_frames}, "
         f"slice thickness {_mm(f.slice_thickness)}, image type {f.image_type or 'missing'}",

@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from agent.logs import get_logger
 from agent.pipeline.workers import INFERENCE_BUCKETS
 from storage.monitoring import latest_checks
+from storage.referrals import referral_counts
 from storage.results import metric_counts
 
 log = get_logger("agent.web")
@@ -45,6 +46,7 @@ class DatabaseCollector(Collector):
         try:
             with self.sessions() as session:
                 c = metric_counts(session)
+                referrals = referral_counts(session)
         except SQLAlchemyError as exc:
             log.warning("metrics: database unavailable", error=type(exc).__name__)
             up.add_metric([], 0)
@@ -91,6 +93,14 @@ class DatabaseCollector(Collector):
             ["delivery"], c.reports["pending"] + c.reports["sending"] + c.reports["failed"]
         )
         yield depth
+        by_state = GaugeMetricFamily(
+            f"{PREFIX}_referrals",
+            "Echo referrals (one per patient episode) by state",
+            labels=["state"],
+        )
+        for state, n in referrals.items():
+            by_state.add_metric([state], n)
+        yield by_state
 
 
 class MonitorCollector(Collector):

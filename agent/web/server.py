@@ -56,6 +56,7 @@ from agent.web.metrics import build_registry, inference_histogram, time_inferenc
 from storage import results as queries
 from storage.db import make_session_factory
 from storage.monitoring import latest_checks
+from storage.referrals import list_referrals, referred_on
 
 log = get_logger("agent.web")
 
@@ -185,6 +186,13 @@ class Dashboard:
             if path == "/monitor":
                 alerts = [c for c in latest if c.alert]
                 body = render("monitor.html.j2", checks=latest, alerts=alerts)
+                return 200, html, body.encode()
+            if path == "/referrals":
+                referrals = [
+                    (referral, cts, referred_on(referral))
+                    for referral, cts in list_referrals(session)
+                ]
+                body = render("referrals.html.j2", referrals=referrals)
                 return 200, html, body.encode()
             if path == "/throughput":
                 hours = _int(query, "hours", 24, 1, 24 * 14)

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from agent.config import NodeSettings
 from agent.node.handlers import NodeHandlers, receive_limits
 from agent.node.server import RunningNode, start_node
+from agent.pseudonym import Pseudonymizer
 from agent.resources import alembic_dir
 from storage.db import make_engine, make_session_factory, upgrade
 from storage.files import InstanceStore
@@ -97,6 +98,7 @@ def start_test_node(
     on_conflict: Literal["keep_first", "replace"] = "keep_first",
     database_timeout: float | None = None,
     commit_timeout: float | None = None,
+    pseudonymizer: Pseudonymizer | None = None,
     **node: object,
 ) -> NodeUnderTest:
     store = InstanceStore(tmp_path / "storage", min_free_bytes)
@@ -106,7 +108,12 @@ def start_test_node(
         {"ae_title": NODE_AET, "host": "127.0.0.1", "port": 0, **node}
     )
     handlers = NodeHandlers(
-        store, sessions, on_conflict, receive_limits(settings), commit_timeout=commit_timeout
+        store,
+        sessions,
+        on_conflict,
+        receive_limits(settings),
+        commit_timeout=commit_timeout,
+        pseudonymizer=pseudonymizer,
     )
     return NodeUnderTest(start_node(settings, handlers), store, sessions, engine, handlers)
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import Engine, create_engine, insert, select, text
+from sqlalchemy import Engine, create_engine, insert, select, text, update
 from sqlalchemy.orm import Session
 
 from storage.db import make_session_factory
@@ -270,11 +270,19 @@ def test_dashboard_in_chromium(run: AgentRun, browser: Any, tmp_path: Path) -> N
 def copy_database(src: Path, dst: Engine) -> None:
     """Every row of the pipeline's SQLite database into ``dst`` (migrated, empty)."""
     source = create_engine(f"sqlite:///{src}")
+    jobs = Base.metadata.tables["jobs"]
     with source.connect() as conn, dst.begin() as out:
+        # jobs.referral_id and referrals.job_id point at each other: jobs go in first
+        # without their referral, linked once the referrals are in.
+        links = []
         for table in Base.metadata.sorted_tables:
             rows = [
                 dict(r._mapping) for r in conn.execute(select(Base.metadata.tables[table.name]))
             ]
+            if table is jobs:
+                links = [(r["id"], r["referral_id"]) for r in rows if r["referral_id"] is not None]
+                for r in rows:
+                    r["referral_id"] = None
             if rows:
                 out.execute(insert(table), rows)
             if rows and dst.dialect.name == "postgresql":
@@ -283,6 +291,8 @@ def copy_database(src: Path, dst: Engine) -> None:
                     text(f"SELECT setval(pg_get_serial_sequence('{table.name}', 'id'), :n)"),
                     {"n": max(r["id"] for r in rows)},
                 )
+        for job_id, referral_id in links:
+            out.execute(update(jobs).where(jobs.c.id == job_id).values(referral_id=referral_id))
     source.dispose()
 
 
