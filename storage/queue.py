@@ -31,10 +31,10 @@ from typing import Generic, TypeVar
 from sqlalchemy import ColumnElement, or_, select, update
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
-from storage.models import Job, JobState, Report, ReportState
+from storage.models import BackfillSeries, Job, JobState, Report, ReportState
 from storage.types import utcnow
 
-Row = TypeVar("Row", Job, Report)
+Row = TypeVar("Row", Job, Report, BackfillSeries)
 
 #: What ``last_error`` says of a row whose worker stopped renewing its lease.
 LEASE_LAPSED = "lease lapsed: its worker stopped renewing it (stopped or unreachable)"
@@ -45,7 +45,9 @@ def backoff(base_seconds: float, attempts: int, cap_seconds: float = 6 * 3600) -
     return timedelta(seconds=min(cap_seconds, base_seconds * 2 ** max(0, attempts - 1)))
 
 
-def _claim_order(model: type[Job] | type[Report]) -> list[InstrumentedAttribute[int]]:
+def _claim_order(
+    model: type[Job] | type[Report] | type[BackfillSeries],
+) -> list[InstrumentedAttribute[int]]:
     # Jobs: live before backfill (priority), then first come first served.
     if model is Job:
         return [Job.priority, Job.id]
@@ -65,9 +67,18 @@ class LeasedQueue(Generic[Row]):
         self.dead = dead
 
     def claim(
-        self, session: Session, worker: str, limit: int, now: datetime | None = None
+        self,
+        session: Session,
+        worker: str,
+        limit: int,
+        now: datetime | None = None,
+        where: Sequence[ColumnElement[bool]] = (),
     ) -> list[Row]:
-        """Claim up to ``limit`` due rows (waiting, or failed and past their backoff)."""
+        """Claim up to ``limit`` due rows (waiting, or failed and past their backoff).
+
+        ``where``: further conditions a row must meet (a backfill series: its
+        campaign is running).
+        """
         m = self.model
         now = now or utcnow()
         rows = list(
@@ -76,6 +87,7 @@ class LeasedQueue(Generic[Row]):
                 .where(
                     m.state.in_((self.waiting, self.failed)),
                     or_(m.next_attempt_at.is_(None), m.next_attempt_at <= now),
+                    *where,
                 )
                 .order_by(*_claim_order(m))
                 .limit(limit)

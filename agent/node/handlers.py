@@ -187,8 +187,15 @@ class NodeHandlers:
     # -- C-STORE --------------------------------------------------------------
 
     def on_store(self, event: Event) -> int | Dataset:
+        return self.receive(event, event.assoc.requestor.ae_title)
+
+    def on_retrieved_store(self, event: Event) -> int | Dataset:
+        """A C-STORE sub-operation of our own C-GET (PS3.4 C.4.3): the archive sends."""
+        return self.receive(event, event.assoc.acceptor.ae_title)
+
+    def receive(self, event: Event, calling_ae: str) -> int | Dataset:
+        """Stage, record and publish one instance from ``calling_ae``; the answer's status."""
         started = time.perf_counter()
-        calling_ae = event.assoc.requestor.ae_title
         try:
             answer = self._store(event, calling_ae)
         except Exception as exc:  # last line of defence: never let an exception out

@@ -43,7 +43,7 @@ from agent.report.summary import KeyImage, key_image_from_volume
 from agent.series.eligibility import CONTRAST_BY_IMAGE, ContrastByTags, contrast_by_tags
 from storage.audit import audit
 from storage.files import InstanceStore
-from storage.models import Instance, Job, JobState, Report, Result, Series
+from storage.models import Instance, Job, JobOrigin, JobState, Report, Result, Series
 from storage.queue import claim_jobs, fail_job, finish_job, requeue_stale_jobs, skip_job
 from storage.types import utcnow
 
@@ -76,6 +76,8 @@ class ClaimedJob:
     #: The echo referral, decided once when the findings are known; stored with
     #: the results and quoted by every report.
     referral: ReferralDecision | None = None
+    #: live (pushed by PACS) or backfill (retrieved by a campaign): where its reports go.
+    origin: str = JobOrigin.LIVE
 
 
 #: Builds the report objects of a screened series and writes them durably;
@@ -308,6 +310,7 @@ class Screener:
                         job.revision,
                         [self.store.path_of(p) for p in rel_paths],
                         study_id=series.study_id,
+                        origin=job.origin,
                         tags=contrast_by_tags(
                             facts_from_db(session, job.series_id), self.settings.eligibility
                         ),
@@ -341,7 +344,7 @@ class Screener:
                     )
                 )
             for kind, sop_uid, series_uid, rel_path in written:
-                for dest in self.settings.destinations:
+                for dest in self._destinations(job):
                     session.add(
                         Report(
                             job_id=job.job_id,
@@ -385,6 +388,12 @@ class Screener:
                 "reports leave out invalid source attributes", job=job.job_id, omitted=omitted
             )
         return 1
+
+    def _destinations(self, job: ClaimedJob) -> list[Any]:
+        """Where the reports go: backfill with ``reports = "results"`` keeps them here."""
+        if job.origin == JobOrigin.BACKFILL and self.settings.backfill.reports == "results":
+            return []
+        return list(self.settings.destinations)
 
     @staticmethod
     def _audit_omissions(session: Session, job: ClaimedJob) -> str | None:
