@@ -46,8 +46,8 @@ def refused(assoc: Association) -> RetrieveOutcome:
     """Why no association came up, as an outcome with no status."""
     if assoc.is_rejected:
         return RetrieveOutcome(None, error="association rejected by the archive")
-    if assoc.is_aborted:
-        return RetrieveOutcome(None, error="association aborted by the archive")
+    if assoc.is_aborted:  # pynetdicom also says so of a connection refused
+        return RetrieveOutcome(None, error="archive unreachable or association aborted")
     return RetrieveOutcome(None, error="archive unreachable (no association)")
 
 
