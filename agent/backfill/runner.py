@@ -69,7 +69,7 @@ def retriever_for(settings: Settings, archive: Archive, handlers: NodeHandlers |
 
         if handlers is None:
             raise ValueError("a WADO-RS retrieve needs the node's handlers")
-        return WadoRetriever(archive, handlers)
+        return WadoRetriever(archive, handlers, settings.node.accepted_sop_classes)
     if archive.retrieve == "get":
         from agent.backfill.get import GetRetriever
 

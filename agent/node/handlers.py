@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from datetime import UTC, datetime
@@ -195,9 +196,29 @@ class NodeHandlers:
 
     def receive(self, event: Event, calling_ae: str) -> int | Dataset:
         """Stage, record and publish one instance from ``calling_ae``; the answer's status."""
+        return self._answer(lambda: self._store(event, calling_ae), calling_ae)
+
+    def receive_encoded(
+        self,
+        sop_class_uid: str,
+        sop_instance_uid: str,
+        transfer_syntax: UID,
+        dataset: bytes,
+        calling_ae: str,
+    ) -> int | Dataset:
+        """The same for an instance that came another way (WADO-RS): its UIDs and data set."""
+
+        def store() -> int | Dataset:
+            return self._store_encoded(
+                sop_class_uid, sop_instance_uid, transfer_syntax, dataset, calling_ae
+            )
+
+        return self._answer(store, calling_ae)
+
+    def _answer(self, store: Callable[[], int | Dataset], calling_ae: str) -> int | Dataset:
         started = time.perf_counter()
         try:
-            answer = self._store(event, calling_ae)
+            answer = store()
         except Exception as exc:  # last line of defence: never let an exception out
             log.error("store failed unexpectedly", error=type(exc).__name__, calling_ae=calling_ae)
             answer = status.PROCESSING_FAILURE
@@ -210,19 +231,30 @@ class NodeHandlers:
 
     def _store(self, event: Event, calling_ae: str) -> int | Dataset:
         request = cast(C_STORE, event.request)  # EVT_C_STORE's request is a C-STORE
-        dataset = request.DataSet.getvalue()  # type: ignore[union-attr]
-        transfer_syntax = event.context.transfer_syntax
-        if not is_valid_uid(str(request.AffectedSOPInstanceUID)):
+        # A C-STORE-RQ carries both UIDs (PS3.7 9.3.1.1).
+        return self._store_encoded(
+            str(request.AffectedSOPClassUID),
+            str(request.AffectedSOPInstanceUID),
+            event.context.transfer_syntax,
+            request.DataSet.getvalue(),  # type: ignore[union-attr]
+            calling_ae,
+        )
+
+    def _store_encoded(
+        self,
+        sop_class_uid: str,
+        sop_instance_uid: str,
+        transfer_syntax: UID,
+        dataset: bytes,
+        calling_ae: str,
+    ) -> int | Dataset:
+        if not is_valid_uid(sop_instance_uid):
             log.warning("instance refused", reason="Affected SOP Instance UID is not a valid UID")
             return status.INVALID_IDENTIFIER
         try:
             # Written now; hashed and fsync'd on worker threads while the header is read.
-            # A C-STORE-RQ carries both UIDs (PS3.7 9.3.1.1); the instance UID was checked above.
-            prefix = part10_prefix(
-                cast(UID, request.AffectedSOPClassUID),
-                cast(UID, request.AffectedSOPInstanceUID),
-                transfer_syntax,
-            )
+            # The instance UID was checked above.
+            prefix = part10_prefix(UID(sop_class_uid), UID(sop_instance_uid), transfer_syntax)
             staged = self.store.stage([prefix, dataset], dataset)
         except OutOfSpace:
             log.warning("instance refused", reason="storage below free-space watermark")
@@ -231,7 +263,7 @@ class NodeHandlers:
             log.error("instance not written", error=exc.strerror or type(exc).__name__)
             return status.OUT_OF_RESOURCES
         try:
-            return self._record(staged, request, dataset, transfer_syntax, calling_ae)
+            return self._record(staged, sop_instance_uid, dataset, transfer_syntax, calling_ae)
         finally:
             # Whatever the outcome, the temp file goes now: published, it is already
             # gone; refused or failed, nothing may stay in .tmp until the next start
@@ -241,7 +273,7 @@ class NodeHandlers:
     def _record(
         self,
         staged: StagedFile,
-        request: Any,
+        sop_instance_uid: str,
         dataset: bytes,
         transfer_syntax: UID,
         calling_ae: str,
@@ -255,7 +287,7 @@ class NodeHandlers:
             if isinstance(exc, BeyondLimits):
                 return _refusal(status.BEYOND_LIMITS, str(exc))
             return _refusal(status.CANNOT_UNDERSTAND, str(exc))
-        if header.sop_instance_uid != request.AffectedSOPInstanceUID:
+        if header.sop_instance_uid != sop_instance_uid:
             log.warning(
                 "instance refused",
                 reason="SOP Instance UID differs from the command's Affected SOP Instance UID",

@@ -32,6 +32,7 @@ from tests.agent.report_tools import tool
 from tests.support.netns import NetNS
 
 ORTHANC_AET, ORTHANC_DICOM, ORTHANC_HTTP = "ORTHANC", 4242, 8042
+DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
 QR_AET, QR_PORT = "ARCHIVE", 11112
 
 
@@ -113,7 +114,9 @@ def instance_counts(folder: Path) -> dict[str, int]:
 class Orthanc:
     """Orthanc 1.10 in the namespace, knowing the agent as modality ``hyperct``."""
 
-    def __init__(self, ns: NetNS, folder: Path, agent_port: int) -> None:
+    def __init__(
+        self, ns: NetNS, folder: Path, agent_port: int, plugins: Sequence[str] = ()
+    ) -> None:
         self.ns = ns
         self.storage = folder / "orthanc"
         config = folder / "orthanc.json"
@@ -121,7 +124,7 @@ class Orthanc:
             "Name": "test-archive", "StorageDirectory": str(self.storage),
             "IndexDirectory": str(self.storage), "DicomAet": ORTHANC_AET,
             "DicomPort": ORTHANC_DICOM, "HttpPort": ORTHANC_HTTP, "RemoteAccessAllowed": False,
-            "AuthenticationEnabled": False, "Plugins": [],
+            "AuthenticationEnabled": False, "Plugins": list(plugins),
             "DicomModalities": {"hyperct": ["HYPERCT", "127.0.0.1", agent_port]},
         }))  # fmt: skip
         ns.popen([tool("/usr/sbin/Orthanc", "orthanc"), str(config)], stdout=-3, stderr=-3)
