@@ -33,7 +33,7 @@ import numpy as np
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from agent.config import Settings
+from agent.config import Destination, Settings
 from agent.intake.stored import facts_from_db
 from agent.logs import get_logger
 from agent.pipeline.model import ModelHolder
@@ -78,6 +78,13 @@ class ClaimedJob:
     referral: ReferralDecision | None = None
     #: live (pushed by PACS) or backfill (retrieved by a campaign): where its reports go.
     origin: str = JobOrigin.LIVE
+
+
+def report_destinations(settings: Settings, origin: str) -> list[Destination]:
+    """Where a series' reports go: a backfill one with ``reports = "results"`` keeps them here."""
+    if origin == JobOrigin.BACKFILL and settings.backfill.reports == "results":
+        return []
+    return list(settings.destinations)
 
 
 #: Builds the report objects of a screened series and writes them durably;
@@ -344,7 +351,7 @@ class Screener:
                     )
                 )
             for kind, sop_uid, series_uid, rel_path in written:
-                for dest in self._destinations(job):
+                for dest in report_destinations(self.settings, job.origin):
                     session.add(
                         Report(
                             job_id=job.job_id,
@@ -388,12 +395,6 @@ class Screener:
                 "reports leave out invalid source attributes", job=job.job_id, omitted=omitted
             )
         return 1
-
-    def _destinations(self, job: ClaimedJob) -> list[Any]:
-        """Where the reports go: backfill with ``reports = "results"`` keeps them here."""
-        if job.origin == JobOrigin.BACKFILL and self.settings.backfill.reports == "results":
-            return []
-        return list(self.settings.destinations)
 
     @staticmethod
     def _audit_omissions(session: Session, job: ClaimedJob) -> str | None:

@@ -1,4 +1,5 @@
-"""Retrieval pacing: windows read at settings load, open and shut at the right minutes."""
+"""Retrieval pacing (windows read at settings load, rates), how a retrieve is judged,
+and where backfill reports go."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import pytest
 from agent.backfill.pacing import Pacing, WindowError, parse_window
 from agent.backfill.runner import judge
 from agent.backfill.types import RetrieveOutcome
+from agent.config import Settings
+from agent.pipeline.screen import report_destinations
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -103,3 +106,20 @@ def test_a_retrieve_is_judged_on_counts_and_on_what_arrived(
         assert problem is None
     else:
         assert problem is not None and says in problem
+
+
+@pytest.mark.parametrize(
+    ("reports", "origin", "sent"),
+    [("results", "backfill", False), ("pacs", "backfill", True),
+     ("results", "live", True), ("pacs", "live", True)],
+)  # fmt: skip
+def test_backfill_reports_go_to_pacs_only_when_asked(reports: str, origin: str, sent: bool) -> None:
+    settings = Settings.model_validate(
+        {
+            "backfill": {"reports": reports},
+            "destinations": [{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1",
+                              "port": 104}],
+        }
+    )  # fmt: skip
+    names = [d.name for d in report_destinations(settings, origin)]
+    assert names == (["pacs"] if sent else [])
