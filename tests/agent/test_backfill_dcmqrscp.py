@@ -4,7 +4,8 @@ The archive sends on the agent's own association (SCP role selection); the
 instances go through the node's receive path. A file missing from the
 archive's storage makes a partial retrieve: detected from the sub-operation
 counts and from the instances recorded, never screened incomplete, retried
-after a backoff and complete once the file is back.
+after a backoff and complete once the file is back. A C-MOVE the archive cannot
+carry out (it has no way to reach the agent) fails and is retried.
 """
 
 from __future__ import annotations
@@ -51,8 +52,11 @@ def test_dcmqrscp_campaign_by_c_get_retries_a_partial_retrieve(
             tmp_path / "head",
         )
     )
-    extra = archive_toml("qr", QR_AET, QR_PORT, retrieve="get") + (
-        "[backfill]\nretry_seconds = 1.0\nmax_attempts = 10\n"
+    # The same archive asked to C-MOVE: it cannot reach the agent (no port in its table).
+    extra = (
+        archive_toml("qr", QR_AET, QR_PORT, retrieve="get")
+        + archive_toml("qr-move", QR_AET, QR_PORT, retrieve="move")
+        + ("[backfill]\nretry_seconds = 1.0\nmax_attempts = 10\n")
     )
     config = agent_config(tmp_path, checkpoint, extra=extra)
     with private_netns() as ns:
@@ -64,6 +68,15 @@ def test_dcmqrscp_campaign_by_c_get_retries_a_partial_retrieve(
         serve = Serve(config, ns)
         try:
             start_campaign(tmp_path, "qr-2020", "qr", planned)
+            start_campaign(tmp_path, "qr-move", "qr-move", [head])
+
+            def refused() -> bool:
+                row = backfill_rows(tmp_path)[head.series_uid]
+                return row.state == "failed" and row.attempts >= 1
+
+            wait_for(refused, 120, "the C-MOVE the archive could not carry out", serve)
+            head_row = backfill_rows(tmp_path)[head.series_uid]
+            assert head_row.last_error and head_row.received_instances == 0
 
             def partial_seen() -> bool:
                 row = backfill_rows(tmp_path)[planned[0].series_uid]
@@ -86,6 +99,7 @@ def test_dcmqrscp_campaign_by_c_get_retries_a_partial_retrieve(
             assert serve.stop() == 0
     jobs = jobs_by_series(tmp_path)
     assert set(jobs) == {a.series_uid for a in planned}  # not the head CT
+    assert campaign_state(tmp_path, "qr-move") == "running"  # still retrying it
     counts = instance_counts(tmp_path)
     rows = backfill_rows(tmp_path)
     for a in planned:
