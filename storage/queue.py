@@ -26,10 +26,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy import ColumnElement, or_, select, update
-from sqlalchemy.orm import InstrumentedAttribute, Session
+from sqlalchemy.orm import Session
 
 from storage.models import BackfillSeries, Job, JobState, Report, ReportState
 from storage.types import utcnow
@@ -45,12 +45,14 @@ def backoff(base_seconds: float, attempts: int, cap_seconds: float = 6 * 3600) -
     return timedelta(seconds=min(cap_seconds, base_seconds * 2 ** max(0, attempts - 1)))
 
 
-def _claim_order(
-    model: type[Job] | type[Report] | type[BackfillSeries],
-) -> list[InstrumentedAttribute[int]]:
-    # Jobs: live before backfill (priority), then first come first served.
+def _claim_order(model: type[Job] | type[Report] | type[BackfillSeries]) -> list[Any]:
+    # Jobs, and the deliveries of their reports: live before backfill (priority),
+    # then first come first served.
     if model is Job:
         return [Job.priority, Job.id]
+    if model is Report:
+        priority = select(Job.priority).where(Job.id == Report.job_id).scalar_subquery()
+        return [priority, Report.id]
     return [model.id]
 
 

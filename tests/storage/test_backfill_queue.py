@@ -33,9 +33,10 @@ from storage.models import (
     CampaignState,
     Job,
     JobState,
+    Report,
     Series,
 )
-from storage.queue import claim_jobs
+from storage.queue import claim_jobs, claim_reports
 from storage.types import utcnow
 from tests.storage.storage_records import make_record
 
@@ -162,3 +163,28 @@ def test_progress_rate_and_eta(session: Session) -> None:
     assert p.rate_per_hour == 4.0
     assert p.eta_seconds == 2700
     assert p.as_dict()["name"] == "c"
+
+
+def test_live_reports_are_delivered_before_backfill_ones(session: Session) -> None:
+    campaign(session, "c", CampaignState.RUNNING, 1)
+    [row] = claim_retrievals(session, "w", 1)
+    arrive(session, row.series_instance_uid)
+    arrive(session, f"{ROOT}.live.2")
+    jobs = dict(session.execute(select(Series.series_instance_uid, Job.id).join(Job.series)).all())
+    for uid in (row.series_instance_uid, f"{ROOT}.live.2"):  # the backfill report first
+        session.add(
+            Report(
+                job_id=jobs[uid],
+                kind="sr",
+                sop_instance_uid=f"{uid}.9",
+                series_instance_uid=uid,
+                destination="pacs",
+                rel_path=f"reports/{uid}.dcm",
+                revision=1,
+            )  # fmt: skip
+        )
+    session.flush()
+    [first] = claim_reports(session, "d", 1)
+    assert first.job_id == jobs[f"{ROOT}.live.2"]
+    [second] = claim_reports(session, "d", 1)
+    assert second.job_id == jobs[row.series_instance_uid]
