@@ -34,7 +34,7 @@ from tests.agent.backfill_env import (
 )
 from tests.agent.pipeline_env import Serve, agent_config, chest_series, tiny_checkpoint, wait_for
 from tests.agent.report_tools import tool
-from tests.support.ct_series import ct_series, write_series
+from tests.support.ct_series import CANARY_ID, CANARY_NAME, ct_series, write_series
 from tests.support.netns import private_netns
 
 pytestmark = pytest.mark.slow
@@ -67,7 +67,8 @@ def _decided_at(serve: Serve, job_id: int) -> datetime:
 def test_orthanc_campaign_retrieves_the_planned_series_after_live(
     tmp_path: Path, checkpoint: Path
 ) -> None:
-    planned = [describe(chest_series(tmp_path / f"chest{i}", seed=i)) for i in range(6)]
+    canaries = {"patient_name": CANARY_NAME, "patient_id": CANARY_ID}
+    planned = [describe(chest_series(tmp_path / f"chest{i}", seed=i, **canaries)) for i in range(6)]
     unplanned = describe(chest_series(tmp_path / "unplanned", seed=7))
     head = describe(
         write_series(
@@ -151,7 +152,7 @@ def test_orthanc_campaign_retrieves_the_planned_series_after_live(
     assert len(ahead) <= 2, [(j.id, j.screened_at) for j in ahead]
     assert any(j.screened_at and j.screened_at > screened for j in jobs.values())
     log = "".join(serve.lines)
-    assert "CANARYNAME" not in log and "CANARYID" not in log
+    assert CANARY_NAME not in log and CANARY_ID not in log
 
 
 def test_a_node_killed_mid_campaign_resumes_without_duplicates(

@@ -31,7 +31,7 @@ from tests.agent.backfill_env import (
 )
 from tests.agent.pipeline_env import Serve, agent_config, wait_for
 from tests.agent.report_tools import tool
-from tests.support.ct_series import ct_series, write_series
+from tests.support.ct_series import CANARY_BIRTH, CANARY_ID, CANARY_NAME, ct_series, write_series
 from tests.support.netns import private_netns
 
 pytestmark = pytest.mark.slow
@@ -77,3 +77,5 @@ def test_wado_rs_retrieves_each_instance_through_the_node(tmp_path: Path) -> Non
             assert stored.PixelData == originals[stored.SOPInstanceUID].PixelData
             checked += 1
     assert checked == len(archived[0].files)
+    log = "".join(serve.lines)  # the series carry the canaries of tests.support.ct_series
+    assert CANARY_NAME not in log and CANARY_ID not in log and CANARY_BIRTH not in log
