@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
+from agent.backfill.pacing import WindowError, parse_window
 from agent.config_base import AETitle, DestinationTLS, Port, PositiveSeconds, Section
 
 
@@ -42,3 +43,13 @@ class BackfillSettings(Section):
     series_per_hour: Annotated[int, Field(ge=1)] = 60
     max_attempts: Annotated[int, Field(ge=1, le=100)] = 5
     retry_seconds: PositiveSeconds = 300.0
+
+    @field_validator("windows")
+    @classmethod
+    def _windows_read(cls, windows: list[str]) -> list[str]:
+        for window in windows:
+            try:
+                parse_window(window)
+            except WindowError as exc:
+                raise ValueError(str(exc)) from None
+        return windows

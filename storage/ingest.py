@@ -25,14 +25,21 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
 
-from sqlalchemy import JSON, Float, Table, bindparam, case, cast, func, or_, select, update
+from sqlalchemy import JSON, Float, Table, bindparam, case, cast, exists, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from storage.audit import audit
 from storage.errors import InvalidRecord, StorageError
-from storage.models import Base, JobState
+from storage.models import (
+    BACKFILL_PRIORITY,
+    LIVE_PRIORITY,
+    BackfillState,
+    Base,
+    JobOrigin,
+    JobState,
+)
 from storage.types import UTCDateTime, utcnow
 
 # Image Orientation (Patient) direction cosines that differ by less than this
@@ -45,6 +52,7 @@ _studies: Table = Base.metadata.tables["studies"]
 _series: Table = Base.metadata.tables["series"]
 _instances: Table = Base.metadata.tables["instances"]
 _jobs: Table = Base.metadata.tables["jobs"]
+_backfill: Table = Base.metadata.tables["backfill_series"]
 
 
 class IngestOutcome(StrEnum):
@@ -401,9 +409,21 @@ def _create_series(session: Session, rec: InstanceRecord, insert: Any) -> None:
         .where(_series.c.series_instance_uid == rec.series_instance_uid)
         .scalar_subquery()
     )
+    # A series an archive retrieve is bringing in is backfill: it screens after live ones.
+    retrieving = session.scalar(
+        select(
+            exists().where(
+                _backfill.c.series_instance_uid == rec.series_instance_uid,
+                _backfill.c.state == BackfillState.RETRIEVING,
+            )
+        )
+    )
+    origin, priority = (
+        (JobOrigin.BACKFILL, BACKFILL_PRIORITY) if retrieving else (JobOrigin.LIVE, LIVE_PRIORITY)
+    )
     session.execute(
         insert(_jobs)
-        .values(series_id=series_id, state=JobState.RECEIVING)
+        .values(series_id=series_id, state=JobState.RECEIVING, origin=origin, priority=priority)
         .on_conflict_do_nothing(index_elements=["series_id"])
     )
 

@@ -26,15 +26,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy import ColumnElement, or_, select, update
-from sqlalchemy.orm import InstrumentedAttribute, Session
+from sqlalchemy.orm import Session
 
-from storage.models import Job, JobState, Report, ReportState
+from storage.models import BackfillSeries, Job, JobState, Report, ReportState
 from storage.types import utcnow
 
-Row = TypeVar("Row", Job, Report)
+Row = TypeVar("Row", Job, Report, BackfillSeries)
 
 #: What ``last_error`` says of a row whose worker stopped renewing its lease.
 LEASE_LAPSED = "lease lapsed: its worker stopped renewing it (stopped or unreachable)"
@@ -45,10 +45,14 @@ def backoff(base_seconds: float, attempts: int, cap_seconds: float = 6 * 3600) -
     return timedelta(seconds=min(cap_seconds, base_seconds * 2 ** max(0, attempts - 1)))
 
 
-def _claim_order(model: type[Job] | type[Report]) -> list[InstrumentedAttribute[int]]:
-    # Jobs: live before backfill (priority), then first come first served.
+def _claim_order(model: type[Job] | type[Report] | type[BackfillSeries]) -> list[Any]:
+    # Jobs, and the deliveries of their reports: live before backfill (priority),
+    # then first come first served.
     if model is Job:
         return [Job.priority, Job.id]
+    if model is Report:
+        priority = select(Job.priority).where(Job.id == Report.job_id).scalar_subquery()
+        return [priority, Report.id]
     return [model.id]
 
 
@@ -65,9 +69,18 @@ class LeasedQueue(Generic[Row]):
         self.dead = dead
 
     def claim(
-        self, session: Session, worker: str, limit: int, now: datetime | None = None
+        self,
+        session: Session,
+        worker: str,
+        limit: int,
+        now: datetime | None = None,
+        where: Sequence[ColumnElement[bool]] = (),
     ) -> list[Row]:
-        """Claim up to ``limit`` due rows (waiting, or failed and past their backoff)."""
+        """Claim up to ``limit`` due rows (waiting, or failed and past their backoff).
+
+        ``where``: further conditions a row must meet (a backfill series: its
+        campaign is running).
+        """
         m = self.model
         now = now or utcnow()
         rows = list(
@@ -76,6 +89,7 @@ class LeasedQueue(Generic[Row]):
                 .where(
                     m.state.in_((self.waiting, self.failed)),
                     or_(m.next_attempt_at.is_(None), m.next_attempt_at <= now),
+                    *where,
                 )
                 .order_by(*_claim_order(m))
                 .limit(limit)

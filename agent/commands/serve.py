@@ -122,7 +122,9 @@ def serve_role(args: argparse.Namespace) -> int:
             storage=str(settings.storage.root),
             version=__version__,
         )
-        pipeline = Pipeline(settings, runtime.sessions, store, stages=NODE_STAGES)
+        pipeline = Pipeline(
+            settings, runtime.sessions, store, stages=NODE_STAGES, handlers=node.handlers
+        )
     else:
         from agent.pipeline.reporting import ReportFiles
 

@@ -17,15 +17,20 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from agent.backfill.progress import progress_line
     from agent.runtime import open_runtime
+    from storage.backfill_queue import campaign_progress
     from storage.queries import status_counts
 
     runtime = open_runtime(args.config, migrate=False, check_files=False)
     try:
         with runtime.sessions() as session:
             counts = status_counts(session)
+            campaigns = campaign_progress(session)
     finally:
         runtime.close()
+    # Archive backfill: per campaign, retrieved (done), dead (failed), remaining, rate, ETA.
+    counts["backfill"] = [c.as_dict() for c in campaigns]
     if args.json:
         print(json.dumps(counts, indent=2, sort_keys=True))
         return 0
@@ -34,4 +39,6 @@ def run(args: argparse.Namespace) -> int:
     for group in ("jobs", "reports"):
         states = ", ".join(f"{state} {n}" for state, n in counts[group].items())
         print(f"{group:<10} {states}")
+    for campaign in campaigns:
+        print(f"{'backfill':<10} {progress_line(campaign)}")
     return 0

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from datetime import UTC, datetime
@@ -206,10 +207,37 @@ class NodeHandlers:
     # -- C-STORE --------------------------------------------------------------
 
     def on_store(self, event: Event) -> int | Dataset:
+        return self.receive(event, event.assoc.requestor.ae_title)
+
+    def on_retrieved_store(self, event: Event) -> int | Dataset:
+        """A C-STORE sub-operation of our own C-GET (PS3.4 C.4.3): the archive sends."""
+        return self.receive(event, event.assoc.acceptor.ae_title)
+
+    def receive(self, event: Event, calling_ae: str) -> int | Dataset:
+        """Stage, record and publish one instance from ``calling_ae``; the answer's status."""
+        return self._answer(lambda: self._store(event, calling_ae), calling_ae)
+
+    def receive_encoded(
+        self,
+        sop_class_uid: str,
+        sop_instance_uid: str,
+        transfer_syntax: UID,
+        dataset: bytes,
+        calling_ae: str,
+    ) -> int | Dataset:
+        """The same for an instance that came another way (WADO-RS): its UIDs and data set."""
+
+        def store() -> int | Dataset:
+            return self._store_encoded(
+                sop_class_uid, sop_instance_uid, transfer_syntax, dataset, calling_ae
+            )
+
+        return self._answer(store, calling_ae)
+
+    def _answer(self, store: Callable[[], int | Dataset], calling_ae: str) -> int | Dataset:
         started = time.perf_counter()
-        calling_ae = event.assoc.requestor.ae_title
         try:
-            answer = self._store(event, calling_ae)
+            answer = store()
         except Exception as exc:  # last line of defence: never let an exception out
             log.error("store failed unexpectedly", error=type(exc).__name__, calling_ae=calling_ae)
             answer = status.PROCESSING_FAILURE
@@ -222,19 +250,30 @@ class NodeHandlers:
 
     def _store(self, event: Event, calling_ae: str) -> int | Dataset:
         request = cast(C_STORE, event.request)  # EVT_C_STORE's request is a C-STORE
-        dataset = request.DataSet.getvalue()  # type: ignore[union-attr]
-        transfer_syntax = event.context.transfer_syntax
-        if not is_valid_uid(str(request.AffectedSOPInstanceUID)):
+        # A C-STORE-RQ carries both UIDs (PS3.7 9.3.1.1).
+        return self._store_encoded(
+            str(request.AffectedSOPClassUID),
+            str(request.AffectedSOPInstanceUID),
+            event.context.transfer_syntax,
+            request.DataSet.getvalue(),  # type: ignore[union-attr]
+            calling_ae,
+        )
+
+    def _store_encoded(
+        self,
+        sop_class_uid: str,
+        sop_instance_uid: str,
+        transfer_syntax: UID,
+        dataset: bytes,
+        calling_ae: str,
+    ) -> int | Dataset:
+        if not is_valid_uid(sop_instance_uid):
             log.warning("instance refused", reason="Affected SOP Instance UID is not a valid UID")
             return status.INVALID_IDENTIFIER
         try:
             # Written now; hashed and fsync'd on worker threads while the header is read.
-            # A C-STORE-RQ carries both UIDs (PS3.7 9.3.1.1); the instance UID was checked above.
-            prefix = part10_prefix(
-                cast(UID, request.AffectedSOPClassUID),
-                cast(UID, request.AffectedSOPInstanceUID),
-                transfer_syntax,
-            )
+            # The instance UID was checked above.
+            prefix = part10_prefix(UID(sop_class_uid), UID(sop_instance_uid), transfer_syntax)
             staged = self.store.stage([prefix, dataset], dataset)
         except OutOfSpace:
             log.warning("instance refused", reason="storage below free-space watermark")
@@ -243,9 +282,11 @@ class NodeHandlers:
             log.error("instance not written", error=exc.strerror or type(exc).__name__)
             return status.OUT_OF_RESOURCES
         try:
-            if str(request.AffectedSOPClassUID) in self._echo_sop_classes:
-                return self._receive_echo_report(staged, prefix + dataset, request, calling_ae)
-            return self._record(staged, request, dataset, transfer_syntax, calling_ae)
+            if sop_class_uid in self._echo_sop_classes:
+                return self._receive_echo_report(
+                    staged, prefix + dataset, sop_class_uid, sop_instance_uid, calling_ae
+                )
+            return self._record(staged, sop_instance_uid, dataset, transfer_syntax, calling_ae)
         finally:
             # Whatever the outcome, the temp file goes now: published, it is already
             # gone; refused or failed, nothing may stay in .tmp until the next start
@@ -255,7 +296,7 @@ class NodeHandlers:
     def _record(
         self,
         staged: StagedFile,
-        request: Any,
+        sop_instance_uid: str,
         dataset: bytes,
         transfer_syntax: UID,
         calling_ae: str,
@@ -269,7 +310,7 @@ class NodeHandlers:
             if isinstance(exc, BeyondLimits):
                 return _refusal(status.BEYOND_LIMITS, str(exc))
             return _refusal(status.CANNOT_UNDERSTAND, str(exc))
-        if header.sop_instance_uid != request.AffectedSOPInstanceUID:
+        if header.sop_instance_uid != sop_instance_uid:
             log.warning(
                 "instance refused",
                 reason="SOP Instance UID differs from the command's Affected SOP Instance UID",
@@ -325,13 +366,17 @@ class NodeHandlers:
             return status.PROCESSING_FAILURE
 
     def _receive_echo_report(
-        self, staged: StagedFile, part10: bytes, request: Any, calling_ae: str
+        self,
+        staged: StagedFile,
+        part10: bytes,
+        sop_class: str,
+        sop_instance_uid: str,
+        calling_ae: str,
     ) -> int | Dataset:
         """An SR of an echo SOP class: an outcome if it is TID 5200, else ignored."""
         from agent.outcomes.echo_sr import MalformedEchoReport, NotEchoReport
 
         assert self.echo_reports is not None
-        sop_class = str(request.AffectedSOPClassUID)
         try:
             received = self.echo_reports.read(part10)
         except NotEchoReport:
@@ -340,7 +385,7 @@ class NodeHandlers:
         except MalformedEchoReport as exc:
             log.warning("echo report refused", reason=str(exc), calling_ae=calling_ae)
             return _refusal(status.CANNOT_UNDERSTAND, f"echo report: {exc}")
-        if received.sop_instance_uid != request.AffectedSOPInstanceUID:
+        if received.sop_instance_uid != sop_instance_uid:
             log.warning("echo report refused", reason="SOP Instance UID differs from the command's")
             return status.INVALID_IDENTIFIER
         commit = self.echo_reports.commit

@@ -236,6 +236,8 @@ class RunningNode:
     ae: AE
     server: NodeServer
     tls_server: NodeServer | None = None
+    #: What the node stores through (archive backfill's C-GET and WADO-RS use it too).
+    handlers: NodeHandlers | None = None
 
     @property
     def port(self) -> int:
@@ -296,4 +298,4 @@ def start_node(settings: NodeSettings, handlers: NodeHandlers) -> RunningNode:
             server.shutdown()
             ae.shutdown()
             raise
-    return RunningNode(ae, server, tls_server)
+    return RunningNode(ae, server, tls_server, handlers)

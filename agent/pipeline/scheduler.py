@@ -13,9 +13,12 @@ period and then gives back whatever this process still holds (jobs back to
 
 A node also runs the monitoring check (:class:`agent.monitor.drift.DriftMonitor`)
 every ``[monitor] check_minutes`` when ``[monitor] enabled``: one node per
-database suffices, but several only add rows, never conflicting ones.
+database suffices, but several only add rows, never conflicting ones. And it
+runs archive backfill's retrieval (:mod:`agent.backfill.runner`): the instances
+it retrieves arrive at the node.
 
-A heartbeat thread renews the leases of the jobs being screened. It is a
+A heartbeat thread renews the leases of the jobs being screened and of the
+series being retrieved. It is a
 thread of its own, not a scheduler job, so it keeps beating while a batch is
 in inference (torch releases the GIL inside its kernels; pure Python work is
 preempted every few milliseconds).
@@ -30,11 +33,13 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from agent.backfill.runner import BackfillRunner
 from agent.config import Settings
 from agent.logs import get_logger
 from agent.monitor.drift import DriftMonitor
@@ -49,9 +54,9 @@ from storage.queue import release_jobs, release_reports, renew_jobs
 
 log = get_logger("agent.pipeline")
 
-NODE_STAGES = ("sweep", "deliver")
+NODE_STAGES = ("sweep", "deliver", "backfill")
 SCREEN_STAGES = ("screen",)
-ALL_STAGES = ("sweep", "screen", "deliver")
+ALL_STAGES = ("sweep", "screen", "deliver", "backfill")
 #: Seconds between matches of waiting echo outcomes to CTs screened since (on nodes).
 OUTCOME_MATCH_SECONDS = 60.0
 
@@ -70,6 +75,7 @@ class Pipeline:
         write_reports: ReportWriter | None = None,
         model: ModelHolder | None = None,
         stages: tuple[str, ...] = ALL_STAGES,
+        handlers: Any = None,
     ) -> None:
         self.settings = settings
         self.sessions = sessions
@@ -100,6 +106,11 @@ class Pipeline:
         self.monitor: DriftMonitor | None = None
         if "sweep" in stages and settings.monitor.enabled:
             self.monitor = DriftMonitor(settings, sessions)
+        # ``handlers``: the node's (C-GET and WADO-RS store through them).
+        self.backfill: BackfillRunner | None = None
+        if "backfill" in stages:
+            self.backfill = BackfillRunner(settings, sessions, self.worker, handlers)
+            self.backfill.on_done = self._retrieved
         self._stopping = threading.Event()
         self._busy = 0
         self._busy_lock = threading.Lock()
@@ -117,6 +128,7 @@ class Pipeline:
         while not self._stopping.wait(every):
             if "deliver" in self.stages:
                 self.deliverer.renew_leases()
+            self._renew_retrievals()
             if self.screener is None:
                 continue
             held = self.screener.held()
@@ -135,6 +147,19 @@ class Pipeline:
             else:
                 log.debug("leases renewed", jobs=len(renewed))
 
+    def _renew_retrievals(self) -> None:
+        if self.backfill is None or not self.backfill.held():
+            return
+        try:
+            with self.sessions.begin() as session:
+                self.backfill.renew(session)
+        except Exception as exc:  # the database may come back before the lease runs out
+            log.warning("retrieve leases not renewed", error=type(exc).__name__)
+
+    def _retrieved(self) -> None:
+        self.wake("backfill")
+        self.wake("sweep")
+
     def start(self) -> None:
         if self.model is not None:
             self.model.start()
@@ -147,6 +172,8 @@ class Pipeline:
             ("screen", self._screen_all, "deliver"),
             ("deliver", self.deliverer.run_once, None),
         ]
+        if self.backfill is not None:
+            stages.append(("backfill", self.backfill.run_once, None))
         for name, stage, then in stages:
             if name not in self.stages:
                 continue
@@ -174,7 +201,7 @@ class Pipeline:
                 next_run_time=now,
             )
         self._scheduler.start()
-        if self.screener is not None or "deliver" in self.stages:
+        if self.screener is not None or "deliver" in self.stages or self.backfill is not None:
             self._heartbeat.start()
         log.info(
             "pipeline started", worker=self.worker, stages=list(self.stages), every_seconds=every
@@ -241,11 +268,14 @@ class Pipeline:
             with self.sessions.begin() as session:
                 jobs = release_jobs(session, self.worker)
                 reports = release_reports(session, self.worker)
+                retrieves = self.backfill.release(session) if self.backfill else 0
         except SQLAlchemyError as exc:
             # The database is gone: what this process holds is taken over once its
             # leases lapse; the caller says so.
             self.release_error = type(exc).__name__
             return idle
-        if jobs or reports:
-            log.warning("work given back to the queue", jobs=jobs, reports=reports)
+        if jobs or reports or retrieves:
+            log.warning(
+                "work given back to the queue", jobs=jobs, reports=reports, retrieves=retrieves
+            )
         return idle

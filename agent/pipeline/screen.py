@@ -33,7 +33,7 @@ import numpy as np
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from agent.config import Settings
+from agent.config import Destination, Settings
 from agent.intake.stored import facts_from_db
 from agent.logs import get_logger
 from agent.pipeline.model import ModelHolder
@@ -43,7 +43,7 @@ from agent.report.summary import KeyImage, key_image_from_volume
 from agent.series.eligibility import CONTRAST_BY_IMAGE, ContrastByTags, contrast_by_tags
 from storage.audit import audit
 from storage.files import InstanceStore
-from storage.models import Instance, Job, JobState, Report, Result, Series
+from storage.models import Instance, Job, JobOrigin, JobState, Report, Result, Series
 from storage.queue import claim_jobs, fail_job, finish_job, requeue_stale_jobs, skip_job
 from storage.referrals import ReferralLink, link_referral
 from storage.types import utcnow
@@ -77,6 +77,15 @@ class ClaimedJob:
     #: The echo referral, decided once when the findings are known; stored with
     #: the results and quoted by every report.
     referral: ReferralDecision | None = None
+    #: live (pushed by PACS) or backfill (retrieved by a campaign): where its reports go.
+    origin: str = JobOrigin.LIVE
+
+
+def report_destinations(settings: Settings, origin: str) -> list[Destination]:
+    """Where a series' reports go: a backfill one with ``reports = "results"`` keeps them here."""
+    if origin == JobOrigin.BACKFILL and settings.backfill.reports == "results":
+        return []
+    return list(settings.destinations)
 
 
 #: Builds the report objects of a screened series and writes them durably;
@@ -309,6 +318,7 @@ class Screener:
                         job.revision,
                         [self.store.path_of(p) for p in rel_paths],
                         study_id=series.study_id,
+                        origin=job.origin,
                         tags=contrast_by_tags(
                             facts_from_db(session, job.series_id), self.settings.eligibility
                         ),
@@ -347,7 +357,7 @@ class Screener:
                     )
                 )
             for kind, sop_uid, series_uid, rel_path in written:
-                for dest in self.settings.destinations:
+                for dest in report_destinations(self.settings, job.origin):
                     session.add(
                         Report(
                             job_id=job.job_id,

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, exists, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from agent.config import Settings
@@ -34,7 +34,7 @@ from agent.series.decision import (
     place_in_study,
 )
 from agent.series.facts import SeriesFacts
-from storage.models import Job, JobState, Series, Study
+from storage.models import BackfillSeries, BackfillState, Job, JobState, Series, Study
 from storage.types import utcnow
 
 log = get_logger("agent.sweep")
@@ -44,6 +44,19 @@ log = get_logger("agent.sweep")
 CHOSEN = tuple(JobState(s) for s in CHOSEN_STATES)
 YIELDING = tuple(JobState(s) for s in YIELDING_STATES)
 _DECIDED = (JobState.DONE, JobState.INCOMPLETE, JobState.SKIPPED)
+
+
+def _retrieve_unfinished() -> ColumnElement[bool]:
+    """The job's series is being retrieved from an archive, or waits to be again.
+
+    Decided before its retrieve ends, a partial series would be screened
+    incomplete; it waits until every instance is in (or the retrieve is dead).
+    """
+    return exists().where(
+        BackfillSeries.series_instance_uid == Series.series_instance_uid,
+        Series.id == Job.series_id,
+        BackfillSeries.state.in_((BackfillState.RETRIEVING, BackfillState.FAILED)),
+    )
 
 
 class Sweeper:
@@ -57,7 +70,9 @@ class Sweeper:
         self._late_instances(now)
         with self.sessions() as session:
             job_ids = session.scalars(
-                select(Job.id).where(Job.state == JobState.RECEIVING).order_by(Job.id)
+                select(Job.id)
+                .where(Job.state == JobState.RECEIVING, ~_retrieve_unfinished())
+                .order_by(Job.id)
             ).all()
         queued = 0
         for job_id in job_ids:

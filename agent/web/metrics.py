@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from agent.logs import get_logger
 from agent.pipeline.workers import INFERENCE_BUCKETS
+from storage.backfill_queue import campaign_progress
 from storage.monitoring import latest_checks
 from storage.referrals import referral_counts
 from storage.results import metric_counts
@@ -158,6 +159,41 @@ class MonitorCollector(Collector):
         yield live_auc
 
 
+class BackfillCollector(Collector):
+    """Archive backfill per campaign: series by state, retrieve rate and ETA."""
+
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self.sessions = sessions
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            with self.sessions() as session:
+                campaigns = campaign_progress(session)
+        except SQLAlchemyError:
+            return  # the database collector already says it is down
+        series = GaugeMetricFamily(
+            f"{PREFIX}_backfill_series", "Backfill series by campaign and state",
+            labels=["campaign", "state"],
+        )  # fmt: skip
+        rate = GaugeMetricFamily(
+            f"{PREFIX}_backfill_rate_per_hour", "Series retrieved in the last hour",
+            labels=["campaign"],
+        )  # fmt: skip
+        eta = GaugeMetricFamily(
+            f"{PREFIX}_backfill_eta_seconds", "Time left at the current rate",
+            labels=["campaign"],
+        )  # fmt: skip
+        for c in campaigns:
+            for state, n in c.series.items():
+                series.add_metric([c.name, state], n)
+            rate.add_metric([c.name], c.rate_per_hour or 0.0)
+            if c.eta_seconds is not None:
+                eta.add_metric([c.name], c.eta_seconds)
+        yield series
+        yield rate
+        yield eta
+
+
 def _counter(name: str, doc: str, value: int) -> CounterMetricFamily:
     return CounterMetricFamily(f"{PREFIX}_{name}", doc, value=value)
 
@@ -261,6 +297,7 @@ def build_registry(
     registry = CollectorRegistry(auto_describe=True)
     registry.register(DatabaseCollector(sessions))
     registry.register(MonitorCollector(sessions))
+    registry.register(BackfillCollector(sessions))
     if workers is not None:
         registry.register(WorkersCollector(workers))
     elif holder is not None:

@@ -37,6 +37,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from agent import __version__
+from agent.backfill.progress import duration
 from agent.config import Settings, WebSettings, is_loopback_host
 from agent.errors import AgentError, ConfigError
 from agent.logs import get_logger
@@ -54,6 +55,7 @@ from agent.web.health import (
 )
 from agent.web.metrics import build_registry, inference_histogram, time_inference
 from storage import results as queries
+from storage.backfill_queue import campaign_progress
 from storage.db import make_session_factory
 from storage.monitoring import latest_checks
 from storage.referrals import list_referrals, referred_on
@@ -112,6 +114,7 @@ class Dashboard:
             lstrip_blocks=True,
         )
         self.templates.filters["when"] = _when
+        self.templates.filters["duration"] = duration
         self.templates.globals["version"] = __version__
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -194,6 +197,9 @@ class Dashboard:
                 ]
                 body = render("referrals.html.j2", referrals=referrals)
                 return 200, html, body.encode()
+            if path == "/backfill":
+                campaigns = campaign_progress(session)
+                return 200, html, self.render("backfill.html.j2", campaigns=campaigns).encode()
             if path == "/throughput":
                 hours = _int(query, "hours", 24, 1, 24 * 14)
                 buckets = queries.throughput(session, hours)
