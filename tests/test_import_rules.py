@@ -44,6 +44,9 @@ NODE_ROLE_ENTRIES = (
     "agent.supervise",
     # The drift check runs on the node (a card read as JSON, numpy statistics).
     "agent.monitor",
+    # Archive retrieval and the echo SR intake run on the node too.
+    "agent.backfill",
+    "agent.outcomes",
 )
 #: Libraries the node must not load.
 NODE_FORBIDDEN_LIBRARIES = ("torch", "torchvision", "timm")
