@@ -142,10 +142,11 @@ class EchoReport:
     """What an echo SR contributes. ``patient_id``/``issuer``/``accession`` are for the
     pseudonymizer alone; ``sex`` for the labels alone: neither is stored."""
 
-    patient_id: str
-    issuer: str | None
-    accession: str | None
-    sex: Sex | None
+    # Out of the repr: a log line or traceback that shows the report shows no identifier.
+    patient_id: str = field(repr=False)
+    issuer: str | None = field(repr=False)
+    accession: str | None = field(repr=False)
+    sex: Sex | None = field(repr=False)
     exam_date: str
     measurements: dict[str, float] = field(default_factory=dict)
 
